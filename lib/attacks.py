@@ -1,0 +1,117 @@
+"""Projected gradient descent in [0,1] pixel space, per example, in L2 or L∞.
+
+`pgd` is the one optimisation loop of robinterp: adversarial training, evaluation, boundary
+search, representation inversion and class generation all call it, the last two through
+`loss_fn`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from lib.data import check_images
+from lib.models import eval_mode
+
+NORMS = ("l2", "linf")
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps, step_size, steps: int,
+        norm: str = "l2", random_start: bool = True, targeted: bool = False, loss_fn: LossFn | None = None,
+        generator: torch.Generator | None = None, delta0: torch.Tensor | None = None,
+        autocast: torch.dtype | None = None) -> torch.Tensor:
+    """Maximise a per-example loss over the ε-ball around x; return x + δ in [0,1].
+
+    x: (N,C,H,W) in [0,1]; y: (N,) labels (the target class when `targeted`).
+    eps, step_size: floats or (N,) tensors, in pixel units of the chosen norm.
+    loss_fn(model, x_adv, y) -> (N,) loss to *maximise*; default CE, or -CE when targeted.
+    delta0: a fixed starting perturbation (projected), e.g. noise shared across DDP ranks.
+    The attack runs in eval mode; the model's modes are restored afterwards.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
+    eps_t = _per_example(eps, x, "eps")
+    if (eps_t < 0).any():
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    check_images(x)
+    if not torch.is_tensor(eps) and eps == 0:
+        return x.detach().clone()
+    step_t = _per_example(step_size, x, "step_size")
+    if loss_fn is None:
+        loss_fn = _neg_ce if targeted else _ce
+    x = x.detach()
+    if delta0 is not None:
+        delta = delta0.detach().to(x)
+    elif random_start:
+        delta = random_perturbation(x, eps_t, norm, generator=generator)
+    else:
+        delta = torch.zeros_like(x)
+    delta = _project(x, delta, eps_t, norm)
+    amp = torch.autocast(x.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+    with eval_mode(model), torch.enable_grad():
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            with amp:
+                loss = loss_fn(model, x + delta, y).float().sum()
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta = _project(x, delta.detach() + step_t * _direction(grad, norm), eps_t, norm)
+    return (x + delta).detach()
+
+
+def random_perturbation(x: torch.Tensor, eps, norm: str = "l2", *,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """δ uniform in the ε-ball (L∞) or uniform in the L2 ball; same shape as x."""
+    eps_t = _per_example(eps, x, "eps")
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return (2 * u - 1) * eps_t
+    if norm != "l2":
+        raise ValueError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
+    g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    d = x[0].numel()
+    r = torch.rand((len(x), 1, 1, 1), generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
+    return g / _l2(g).clamp_min(1e-12) * r * eps_t
+
+
+def _ce(model, x, y):
+    return F.cross_entropy(model(x), y, reduction="none")
+
+
+def _neg_ce(model, x, y):
+    return -F.cross_entropy(model(x), y, reduction="none")
+
+
+def _l2(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+
+
+def _per_example(v, x: torch.Tensor, name: str) -> torch.Tensor:
+    t = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+    if t.ndim == x.ndim:  # already (N,1,1,1)
+        t = t.flatten()
+    if t.ndim == 0:
+        t = t.expand(len(x))
+    if t.shape != (len(x),):
+        raise ValueError(f"{name} must be a number or a ({len(x)},) tensor, got shape {tuple(t.shape)}")
+    return t.view(-1, *([1] * (x.ndim - 1)))
+
+
+def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return grad.sign()
+    return grad / _l2(grad).clamp_min(1e-12)
+
+
+def _project(x: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
+    """Project onto the ε-ball, then into [0,1]; the box step never increases the norm."""
+    if norm == "linf":
+        delta = torch.maximum(torch.minimum(delta, eps), -eps)
+    else:
+        delta = delta * torch.clamp(eps / _l2(delta).clamp_min(1e-12), max=1.0)
+    return (x + delta).clamp(0, 1) - x

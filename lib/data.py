@@ -1,0 +1,294 @@
+"""Datasets as `(image float in [0,1] (C,H,W), label)` with fixed train/val/test splits.
+
+`load(name, split)` never touches the network; `prepare(name, download=True)` is the one
+place that may, and it says so. `val` is a seeded hold-out carved from train, so model
+selection never sees `test`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+NAMES = ("digits", "fashion_mnist", "mnist", "cifar10", "imagenet150")
+SPLITS = ("train", "val", "test")
+VAL_SEED = 20231  # fixed forever: changing it would move images between train and val
+VAL_FRACTION = {"digits": 0.15, "fashion_mnist": 1 / 12, "mnist": 1 / 12, "cifar10": 0.1, "imagenet150": 0.05}
+
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = {  # torchvision.datasets.CIFAR10's table
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+IMAGENET150_SIZE = 128
+
+
+class ImageTensorDataset(Dataset):
+    """In-memory images. images: (N,C,H,W) uint8; labels: (N,) int64."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str]):
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError("images must be (N,C,H,W) uint8 with one label each")
+        self.images, self.labels, self.classes = images, labels.long(), list(classes)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i].float() / 255.0, int(self.labels[i])
+
+    def batch(self, index: torch.Tensor, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Fast path for training: a whole batch without the per-item Python loop."""
+        x = self.images[index].to(device, non_blocking=True).float().div_(255.0)
+        return x, self.labels[index].to(device, non_blocking=True)
+
+    def subset(self, index) -> "ImageTensorDataset":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageTensorDataset(self.images[index], self.labels[index], self.classes)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+
+def load(name: str, split: str, root: str | Path = "data", *, download: bool = False) -> Dataset:
+    """Return the `split` of dataset `name`; images (C,H,W) float in [0,1], labels int."""
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(NAMES)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    root = Path(root)
+    if name == "imagenet150":
+        return _imagenet150(root, split)
+    train, test = _LOADERS[name](root, download)
+    if split == "test":
+        return test
+    val_index, train_index = _val_split(len(train), VAL_FRACTION[name])
+    return train.subset(val_index if split == "val" else train_index)
+
+
+def info(name: str, root: str | Path = "data") -> dict:
+    """Shape and class count of a dataset, read from its test split."""
+    ds = load(name, "test", root)
+    x, _ = ds[0]
+    return {"in_channels": x.shape[0], "image_size": x.shape[-1], "num_classes": len(ds.classes)}
+
+
+def prepare(name: str, root: str | Path = "data", *, download: bool = True) -> Path:
+    """Make `name` loadable offline (gunzip, extract or download once). Returns its folder."""
+    root = Path(root)
+    if name == "fashion_mnist":
+        return _fashion_mnist_raw(root, download)
+    load(name, "test", root, download=download)
+    return root
+
+
+def loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
+           drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+    """A seeded, deterministic DataLoader: same seed, same batches, whatever the worker count."""
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers,
+                      worker_init_fn=_seed_worker, drop_last=drop_last, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0)
+
+
+def _seed_worker(worker_id: int) -> None:
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _val_split(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))
+    n_val = max(1, round(n * fraction))
+    return perm[:n_val].sort().values, perm[n_val:].sort().values
+
+
+# ---------------------------------------------------------------- digits (scikit-learn, 8x8)
+
+def _digits(root: Path, download: bool):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.from_numpy(np.round(d.images * (255 / 16)).astype(np.uint8))[:, None]
+    labels = torch.from_numpy(d.target)
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    test, train = perm[:360].sort().values, perm[360:].sort().values
+    full = ImageTensorDataset(images, labels, [str(i) for i in range(10)])
+    return full.subset(train), full.subset(test)
+
+
+# ---------------------------------------------------------------- MNIST-style IDX data
+
+def _fashion_mnist_raw(root: Path, download: bool) -> Path:
+    """Source order: root/FashionMNIST/raw, then Debian's package, then torchvision's download."""
+    raw = root / "FashionMNIST" / "raw"
+    if all((raw / f).is_file() for f in MNIST_FILES):
+        return raw
+    if all((DEBIAN_FMNIST / f"{f}.gz").is_file() for f in MNIST_FILES):
+        raw.mkdir(parents=True, exist_ok=True)
+        for f in MNIST_FILES:  # Debian recompressed the .gz files, so torchvision's MD5 check would fail
+            with gzip.open(DEBIAN_FMNIST / f"{f}.gz") as src, open(raw / f"{f}.part", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            (raw / f"{f}.part").replace(raw / f)
+        return raw
+    if download:
+        from torchvision.datasets import FashionMNIST
+
+        print(f"downloading Fashion-MNIST into {root} (torchvision)")
+        FashionMNIST(str(root), train=True, download=True)
+        return raw
+    raise FileNotFoundError(
+        f"Fashion-MNIST not found: put the four IDX files in {raw}, or install Debian's package "
+        f"(apt-get install dataset-fashion-mnist, files in {DEBIAN_FMNIST}), or run "
+        f"`python -m lib.data fashion_mnist --download` to fetch it with torchvision.")
+
+
+def _mnist_like(cls_name: str):
+    def _load(root: Path, download: bool):
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, cls_name)
+        if cls_name == "FashionMNIST":
+            _fashion_mnist_raw(root, download)
+        try:
+            parts = [cls(str(root), train=t, download=download and cls_name != "FashionMNIST") for t in (True, False)]
+        except RuntimeError as e:
+            raise FileNotFoundError(
+                f"{cls_name} not found under {root / cls_name / 'raw'}: run `python -m lib.data "
+                f"{cls_name.lower()} --download` once with network access, or copy the IDX files there.") from e
+        except (ValueError, EOFError, OSError) as e:
+            raise ValueError(f"{cls_name} files under {root / cls_name / 'raw'} are corrupt ({e}); "
+                             "delete them and prepare the dataset again.") from e
+        return tuple(ImageTensorDataset(p.data[:, None].contiguous(), p.targets, list(p.classes)) for p in parts)
+
+    return _load
+
+
+# ---------------------------------------------------------------- CIFAR-10 (torchvision layout)
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cifar10(root: Path, download: bool):
+    folder = root / "cifar-10-batches-py"
+    if not folder.is_dir():
+        if download:
+            from torchvision.datasets import CIFAR10
+
+            print(f"downloading CIFAR-10 into {root} (torchvision)")
+            CIFAR10(str(root), train=True, download=True)
+        else:
+            raise FileNotFoundError(
+                f"CIFAR-10 not found: download {CIFAR10_URL} and extract it so that {folder} exists "
+                f"(or run `python -m lib.data cifar10 --download`).")
+    for fname, md5 in CIFAR10_MD5.items():
+        path = folder / fname
+        if not path.is_file():
+            raise FileNotFoundError(f"CIFAR-10 file {path} is missing: extract {CIFAR10_URL} into {root} again.")
+        if _md5(path) != md5:
+            raise ValueError(f"CIFAR-10 file {path} fails its MD5 check (corrupt or not the official "
+                             f"file): delete {folder} and extract {CIFAR10_URL} again.")
+    meta = _unpickle(folder / "batches.meta") if (folder / "batches.meta").is_file() else {}
+    classes = [c.decode() if isinstance(c, bytes) else c for c in meta.get(b"label_names", range(10))]
+
+    def read(names):
+        batches = [_unpickle(folder / n) for n in names]  # safe: each file passed its MD5 check above
+        data = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([b[b"labels"] for b in batches])
+        return ImageTensorDataset(torch.from_numpy(data), torch.from_numpy(labels), [str(c) for c in classes])
+
+    return read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"])
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+# ---------------------------------------------------------------- Small-ImageNet-150 (ImageFolder)
+
+def _imagenet150(root: Path, split: str):
+    """root/imagenet150/{train,val}/<wnid>/*.JPEG plus root/imagenet150/classes.txt (150 wnids)."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    base = root / "imagenet150"
+    class_file = base / "classes.txt"
+    if not class_file.is_file():
+        raise FileNotFoundError(
+            f"Small-ImageNet-150 not found: put ImageNet's train/ and val/ class folders under {base} "
+            f"and the 150 class ids, one per line, in {class_file}.")
+    classes = [c.strip() for c in class_file.read_text().splitlines() if c.strip()]
+    if len(classes) != 150 or len(set(classes)) != 150:
+        raise ValueError(f"{class_file} must list 150 distinct class ids, one per line; it lists "
+                         f"{len(set(classes))} distinct of {len(classes)}.")
+    folder = base / ("val" if split == "test" else "train")
+    missing = [c for c in classes if not (folder / c).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} classes of {class_file} have no folder in {folder} "
+                                f"(first: {missing[0]}); check the class list or the extraction.")
+
+    class Folder(ImageFolder):
+        def find_classes(self, directory):
+            return classes, {c: i for i, c in enumerate(classes)}
+
+    tf = transforms.Compose([transforms.Resize(IMAGENET150_SIZE), transforms.CenterCrop(IMAGENET150_SIZE),
+                             transforms.ToTensor()])
+    ds = Folder(str(folder), transform=tf)
+    if split == "test":
+        return ds
+    val_index, train_index = _val_split(len(ds), VAL_FRACTION["imagenet150"])
+    return torch.utils.data.Subset(ds, (val_index if split == "val" else train_index).tolist())
+
+
+_LOADERS = {
+    "digits": _digits,
+    "fashion_mnist": _mnist_like("FashionMNIST"),
+    "mnist": _mnist_like("MNIST"),
+    "cifar10": _cifar10,
+}
+
+
+def check_images(x: torch.Tensor, name: str = "x") -> None:
+    """Raise a clear error for images that are not finite floats in [0,1]."""
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{name} must be a float tensor in [0,1], got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values; check the data pipeline before attacking "
+                         "or attributing.")
+    if x.numel() and (x.min() < -1e-6 or x.max() > 1 + 1e-6):
+        raise ValueError(f"{name} must lie in [0,1] (got [{x.min():.3g}, {x.max():.3g}]); normalisation "
+                         "belongs inside the model.")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="Prepare a dataset so that it loads offline.")
+    p.add_argument("name", choices=NAMES)
+    p.add_argument("--root", default="data")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download it")
+    a = p.parse_args()
+    print(prepare(a.name, a.root, download=a.download))

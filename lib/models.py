@@ -1,0 +1,169 @@
+"""Classifiers whose inputs are images in [0,1]; normalisation is the first layer.
+
+Every model is a `Classifier`: `features(x)` is the penultimate representation R(x) and
+`head` maps it to logits. ReLUs are separate, non-inplace modules, each used once, so
+captum's DeepLift and shap's explainers can hook every one of them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ARCHS = ("small_cnn", "resnet18_cifar", "resnet18", "resnet50")
+STATS = {  # per-channel mean/std by channel count; 1-channel values are Fashion-MNIST's
+    1: ((0.2860,), (0.3530,)),
+    3: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """logits = head(body(normalize(x))); x: (N,C,H,W) in [0,1]."""
+
+    def __init__(self, normalize: nn.Module, body: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.normalize, self.body, self.head = normalize, body, head
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """R(x): (N, D) penultimate representation."""
+        return self.body(self.normalize(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build(name: str, num_classes: int, in_channels: int, image_size: int, *, bias: bool = True,
+          normalize: bool = True, width: int = 32) -> Classifier:
+    """Build architecture `name`. `bias=False` and `normalize=False` give a positively homogeneous net."""
+    if name not in ARCHS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(ARCHS)}")
+    if normalize:
+        mean, std = STATS.get(in_channels, ((0.5,) * in_channels, (0.5,) * in_channels))
+        norm = Normalize(mean, std)
+    else:
+        norm = nn.Identity()
+    if name == "small_cnn":
+        body, dim = _small_cnn(in_channels, image_size, width, bias)
+    elif name == "resnet18_cifar":
+        body, dim = _resnet(BasicBlock, (2, 2, 2, 2), in_channels, cifar_stem=True)
+    elif name == "resnet18":
+        body, dim = _resnet(BasicBlock, (2, 2, 2, 2), in_channels, cifar_stem=False)
+    else:
+        body, dim = _resnet(Bottleneck, (3, 4, 6, 3), in_channels, cifar_stem=False)
+    return Classifier(norm, body, nn.Linear(dim, num_classes, bias=bias))
+
+
+def _small_cnn(in_channels: int, image_size: int, width: int, bias: bool):
+    """LeNet-like: (conv-relu-pool) ×2, fc-relu. Works from 8×8 upwards; R(x) has 4·width dims."""
+    w, pooled = width, image_size // 4
+    body = nn.Sequential(
+        nn.Conv2d(in_channels, w, 3, padding=1, bias=bias), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(w, 2 * w, 3, padding=1, bias=bias), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * w * pooled * pooled, 4 * w, bias=bias), nn.ReLU(),
+    )
+    return body, 4 * w
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = _shortcut(cin, cout, stride)
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        out = self.relu1(self.bn1(self.conv1(x)))
+        return self.relu2(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int):
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.shortcut = _shortcut(cin, cout, stride)
+        self.relu3 = nn.ReLU()
+
+    def forward(self, x):
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        return self.relu3(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
+def _resnet(block, layers, in_channels: int, cifar_stem: bool):
+    """CIFAR stem: 3×3 conv, no max-pool (as in Boychev 2023). ImageNet stem: 7×7/2 + max-pool."""
+    if cifar_stem:
+        stem = [nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
+    else:
+        stem = [nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1)]
+    mods, cin = list(stem), 64
+    for i, n in enumerate(layers):
+        planes = 64 * 2**i
+        for j in range(n):
+            mods.append(block(cin, planes, 2 if (j == 0 and i > 0) else 1))
+            cin = planes * block.expansion
+    mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    body = nn.Sequential(*mods)
+    for m in body.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return body, cin
+
+
+class eval_mode:
+    """Context manager: put `model` in eval mode and restore every submodule's own mode on exit."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        for m, mode in self.modes:
+            m.training = mode
+        return False
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel or torch.compile wrapper."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model

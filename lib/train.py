@@ -1,0 +1,325 @@
+"""Standard, PGD and gradient-norm training with exact resume, val-based selection and DDP.
+
+    python -m lib.train --profile default --model robust --run-dir runs/default
+    torchrun --nproc-per-node 4 -m lib.train --profile cifar10 --model robust --run-dir runs/cifar10
+
+Randomness is a pure function of (seed, epoch, step): the batch order, the augmentation
+and the PGD start all come from generators seeded that way, so a run killed at any step and
+started again ends with bitwise the same weights, and N ranks see the same global batch as
+one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lib import attacks, checkpoints, data, models, profiles
+from lib.results import environment
+
+
+# ---------------------------------------------------------------- public API
+
+def get_model(profile: dict, key: str, run_dir: str | Path, *, device="cpu", data_root="data",
+              train_if_missing: bool = True, progress: bool = True) -> models.Classifier:
+    """Model `key` of `profile`: loaded if a finished run with the same config exists, else trained."""
+    out_dir = profiles.model_dir(run_dir, profile, key)
+    if checkpoints.is_complete(out_dir):
+        return checkpoints.load_model(out_dir, device)
+    if not train_if_missing:
+        raise FileNotFoundError(f"model {key!r} of profile {profile['name']!r} is not trained yet ({out_dir}): "
+                                f"run notebook 01 or `python -m lib.train --profile {profile['name']} "
+                                f"--model {key} --run-dir {run_dir}` first.")
+    cfg = profiles.model_config(profile, key)
+    return train(cfg, out_dir, device=device, data_root=data_root, progress=progress,
+                 meta_extra={"profile": profile["name"], "key": key})
+
+
+def evaluate(model, ds, *, eps: float, step_size: float, steps: int, norm: str = "l2", batch_size: int = 256,
+             max_images: int | None = None, device="cpu", seed: int = 0, progress: bool = False) -> dict:
+    """Clean and PGD accuracy in percent on the first `max_images` of `ds`."""
+    n = len(ds) if max_images is None else min(len(ds), max_images)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    correct = robust = 0
+    for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
+        x, y = _batch(ds, torch.arange(start, min(n, start + batch_size)), device)
+        with torch.no_grad(), models.eval_mode(model):
+            correct += (model(x).argmax(1) == y).sum().item()
+        xa = attacks.pgd(model, x, y, eps=eps, step_size=step_size, steps=steps, norm=norm, generator=gen)
+        with torch.no_grad(), models.eval_mode(model):
+            robust += (model(xa).argmax(1) == y).sum().item()
+    return {"clean_acc": 100.0 * correct / n, "pgd_acc": 100.0 * robust / n, "n": n}
+
+
+def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", progress: bool = True,
+          meta_extra: dict | None = None) -> models.Classifier:
+    """Train one model from a `profiles.model_config` dict; resume from out_dir/state.pt if present."""
+    out_dir = Path(out_dir)
+    device = resolve_device(device)
+    rank, world = _dist_setup(device)
+    torch.manual_seed(cfg["seed"])
+    train_ds = data.load(cfg["dataset"], "train", data_root)
+    val_ds = data.load(cfg["dataset"], "val", data_root)
+    if cfg["train_subset"]:
+        train_ds = train_ds.subset(torch.arange(min(cfg["train_subset"], len(train_ds))))
+    arch = _arch(cfg, train_ds)
+    model = models.build(arch["name"], arch["num_classes"], arch["in_channels"], arch["image_size"],
+                         **arch["kwargs"]).to(device)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                          weight_decay=cfg["weight_decay"], nesterov=cfg["nesterov"])
+    if cfg["batch_size"] % world:
+        raise ValueError(f"batch_size {cfg['batch_size']} must be divisible by the {world} processes")
+    steps_per_epoch = len(train_ds) // cfg["batch_size"]  # drop_last: every step sees a full batch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg["amp"] == "fp16")
+    state = {"epoch": 0, "step": 0, "history": [], "best": None, "best_metric": -1.0, "seconds": 0.0}
+    state_path = out_dir / checkpoints.STATE_FILE
+    if state_path.is_file():
+        saved = checkpoints.load_state(state_path)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        _set_rng(saved["rng"])
+        state = saved["loop"]
+        if rank == 0:
+            print(f"resuming {out_dir.name} at epoch {state['epoch']} step {state['step']}")
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[cfg["amp"]]
+    ev = cfg["eval"]
+
+    def save():
+        if rank == 0:
+            checkpoints.save_state({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                                    "rng": _get_rng(), "loop": state}, state_path)
+
+    t_start = time.time() - state["seconds"]
+    while state["epoch"] < cfg["epochs"]:
+        epoch = state["epoch"]
+        order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(_seed(cfg, epoch)))
+        bar = tqdm(total=steps_per_epoch, initial=state["step"], desc=f"{out_dir.name} epoch {epoch + 1}/"
+                   f"{cfg['epochs']}", disable=not progress or rank > 0, leave=False)
+        run_loss = run_acc = 0.0
+        while state["step"] < steps_per_epoch:
+            step = state["step"]
+            idx = order[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
+            gen = torch.Generator(device=device).manual_seed(_seed(cfg, epoch, step))
+            x, y = _batch(train_ds, idx, device)
+            x = _augment(x, cfg["augment"], gen)
+            x, y = x[rank::world], y[rank::world]  # this rank's share of the global batch
+            loss, acc = _train_step(net, model, x, y, cfg, opt, scaler, amp_dtype, gen, rank, world)
+            sched.step()
+            run_loss, run_acc = 0.9 * run_loss + 0.1 * loss, 0.9 * run_acc + 0.1 * acc
+            state["step"] += 1
+            bar.update()
+            bar.set_postfix(loss=f"{run_loss / (1 - 0.9 ** (step + 1)):.3f}",
+                            acc=f"{run_acc / (1 - 0.9 ** (step + 1)):.2f}")
+            if cfg["ckpt_every"] and state["step"] % cfg["ckpt_every"] == 0 and state["step"] < steps_per_epoch:
+                state["seconds"] = time.time() - t_start
+                save()
+        bar.close()
+        row = {"epoch": epoch + 1, "lr": sched.get_last_lr()[0], "train_loss": run_loss / (1 - 0.9 ** steps_per_epoch),
+               "train_acc": 100 * run_acc / (1 - 0.9 ** steps_per_epoch)}
+        if rank == 0:
+            val = evaluate(model, val_ds, eps=ev["eps"], step_size=ev["step_size"], steps=ev["val_steps"],
+                           norm=ev["norm"], max_images=cfg["val_images"], device=device, seed=cfg["seed"])
+            row.update(val_clean_acc=val["clean_acc"], val_pgd_acc=val["pgd_acc"])
+            metric = val["pgd_acc"] if cfg["mode"] == "pgd" else val["clean_acc"]
+            if metric > state["best_metric"]:  # selection on val, never on test
+                state["best_metric"], state["best_epoch"] = metric, epoch + 1
+                state["best"] = copy.deepcopy(model.state_dict())
+            if progress:
+                print(f"{out_dir.name} epoch {epoch + 1}: " + ", ".join(
+                    f"{k}={v:.3g}" for k, v in row.items() if k != "epoch"))
+        state["history"].append(row)
+        state["epoch"] += 1
+        state["step"] = 0
+        state["seconds"] = time.time() - t_start
+        save()
+        if world > 1:
+            dist.barrier()
+    if rank == 0 and not checkpoints.is_complete(out_dir):
+        model.load_state_dict(state["best"])
+        test = evaluate(model, data.load(cfg["dataset"], "test", data_root), eps=ev["eps"],
+                        step_size=ev["step_size"], steps=ev["steps"], norm=ev["norm"],
+                        max_images=ev.get("test_images"), device=device, seed=cfg["seed"], progress=progress)
+        meta = {**(meta_extra or {}), "config": cfg, "config_hash": profiles.config_hash(cfg), "arch": arch,
+                "metrics": {"clean_acc": test["clean_acc"], "pgd_acc": test["pgd_acc"], "test_images": test["n"],
+                            "best_epoch": state.get("best_epoch"), "val_metric": state["best_metric"]},
+                "history": state["history"], "train_seconds": state["seconds"], "world_size": world,
+                "environment": environment(device)}
+        checkpoints.save_model(model, meta, out_dir)
+    if world > 1:
+        dist.barrier()
+    return checkpoints.load_model(out_dir, device)
+
+
+def resolve_device(device) -> torch.device:
+    """'auto' picks CUDA when present; under torchrun each rank takes its LOCAL_RANK GPU."""
+    device = str(device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is visible; use --device cpu or auto.")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------- one step
+
+def _train_step(net, model, x, y, cfg, opt, scaler, amp_dtype, gen, rank, world):
+    if cfg["mode"] == "pgd":
+        # One noise draw for the global batch, sliced per rank: N ranks == 1 process.
+        full = (x.shape[0] * world, *x.shape[1:])
+        noise = attacks.random_perturbation(torch.empty(full, device=x.device), cfg["eps"], cfg["norm"],
+                                            generator=gen)[rank::world]
+        x = attacks.pgd(model, x, y, eps=cfg["eps"], step_size=cfg["step_size"], steps=cfg["steps"],
+                        norm=cfg["norm"], delta0=noise, autocast=amp_dtype)
+    if cfg["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    net.train()
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        if cfg["mode"] == "gradnorm":
+            x = x.clone().requires_grad_(True)
+            logits = net(x)
+            ce_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+            (g,) = torch.autograd.grad(ce_sum, x, create_graph=True)  # per-example ∇ₓCE
+            loss = ce_sum / len(y) + cfg["lam"] * g.float().pow(2).flatten(1).sum(1).mean()
+        else:
+            logits = net(x)
+            loss = F.cross_entropy(logits.float(), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss.item()}; lower the learning rate (lr={cfg['lr']}).")
+    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def _augment(x: torch.Tensor, kind: str | None, gen: torch.Generator) -> torch.Tensor:
+    """crop_flip: random 4-pixel-padded crop and horizontal flip, drawn from `gen`."""
+    if kind is None:
+        return x
+    if kind != "crop_flip":
+        raise ValueError(f"unknown augmentation {kind!r}; use null or crop_flip")
+    n, _, h, w = x.shape
+    pad = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    dx, dy = (torch.randint(0, 9, (n,), generator=gen, device=x.device) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    out = pad[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)
+              [None, :, None, None], rows, cols]
+    flip = torch.rand(n, generator=gen, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def _lr_lambda(cfg: dict, steps_per_epoch: int):
+    total = max(1, cfg["epochs"] * steps_per_epoch)
+    warm = cfg["warmup_epochs"] * steps_per_epoch
+
+    def f(t: int) -> float:
+        if t < warm:
+            return (t + 1) / warm
+        if cfg["schedule"] == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, total - warm)))
+        if cfg["schedule"] == "step":
+            return 0.1 ** sum(t >= m * steps_per_epoch for m in cfg["milestones"])
+        if cfg["schedule"] == "onecycle":  # linear up to the peak at 40 %, then linearly to 0
+            peak = 0.4 * total
+            return t / peak if t < peak else max(0.0, (total - t) / (total - peak))
+        if cfg["schedule"] == "constant":
+            return 1.0
+        raise ValueError(f"unknown schedule {cfg['schedule']!r}; use cosine, step, onecycle or constant")
+
+    return f
+
+
+# ---------------------------------------------------------------- helpers
+
+def _batch(ds, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(ds, "batch"):
+        return ds.batch(idx, device)
+    items = [ds[int(i)] for i in idx]
+    return torch.stack([a for a, _ in items]).to(device), torch.tensor([b for _, b in items], device=device)
+
+
+def _arch(cfg: dict, ds) -> dict:
+    x, _ = ds[0]
+    classes = ds.classes if hasattr(ds, "classes") else ds.dataset.classes
+    return {"name": cfg["arch"], "num_classes": len(classes), "in_channels": x.shape[0],
+            "image_size": x.shape[-1], "kwargs": dict(cfg["arch_kwargs"])}
+
+
+def _seed(cfg: dict, epoch: int, step: int = -1) -> int:
+    return (cfg["seed"] * 1_000_003 + epoch * 100_003 + step + 1) % 2**63
+
+
+def _get_rng() -> dict:
+    np_state = np.random.get_state()
+    py = random.getstate()
+    rng = {"torch": torch.get_rng_state(), "python": list(py[1]), "python_gauss": py[2],
+           "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
+           "numpy_gauss": [int(np_state[3]), float(np_state[4])]}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    random.setstate((3, tuple(rng["python"]), rng["python_gauss"]))
+    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"],
+                         *rng["numpy_gauss"]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _dist_setup(device: torch.device) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Train (or resume) one model of a profile.")
+    p.add_argument("--profile", required=True, help="profile name or path to a YAML file")
+    p.add_argument("--model", required=True, help="model key of the profile, e.g. standard or robust")
+    p.add_argument("--run-dir", default=None, help="default: runs/<profile>")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--data-root", default=str(profiles.ROOT / "data"))
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    prof = profiles.load(a.profile)
+    run_dir = a.run_dir or profiles.ROOT / "runs" / prof["name"]
+    model = get_model(prof, a.model, run_dir, device=a.device, data_root=a.data_root, progress=not a.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        m = model.meta["metrics"]
+        print(f"{a.model}: clean {m['clean_acc']:.2f}%  PGD {m['pgd_acc']:.2f}%  -> "
+              f"{profiles.model_dir(run_dir, prof, a.model)}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
