@@ -46,3 +46,49 @@ def accuracy_bars(table):
     ax.set_ylim(0, 100)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------- publish: figures redrawable from data
+
+def publish(draw, name: str, data: dict, fig_dir: str | Path, run_dir: str | Path):
+    """Save `data` under run_dir/artefacts/<name>.{npz,json}, draw `draw(**data)`, save it as a figure.
+
+    draw: a function of this module. data: arrays/tensors (stored in .npz) and JSON-able values.
+    `lib.figures.redraw` later rebuilds every figure from the artefacts alone, without recomputing.
+    """
+    save_artefact(run_dir, name, draw.__name__, data)
+    fig = draw(**data)
+    savefig(fig, fig_dir, name)
+    return fig
+
+
+def save_artefact(run_dir, name: str, draw_name: str, data: dict) -> None:
+    import json
+
+    import numpy as np
+    import torch
+
+    from lib.results import to_jsonable
+
+    folder = Path(run_dir) / "artefacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays, plain = {}, {}
+    for k, v in data.items():
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu().numpy()
+        (arrays if isinstance(v, np.ndarray) else plain)[k] = v
+    np.savez_compressed(folder / f"{name}.npz", **arrays)
+    (folder / f"{name}.json").write_text(json.dumps({"draw": draw_name, "data": to_jsonable(plain)}, indent=1))
+
+
+def load_artefact(path: str | Path) -> tuple[str, dict]:
+    """(draw function name, data) of a saved artefact; arrays come back as numpy."""
+    import json
+
+    import numpy as np
+
+    path = Path(path)
+    spec = json.loads(path.with_suffix(".json").read_text())
+    with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return spec["draw"], {**spec["data"], **arrays}
