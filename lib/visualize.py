@@ -1,0 +1,256 @@
+"""Feature visualisation by optimisation in pixel space (Boychev 2023 §2.3.2; MadryLab recipes).
+
+Every optimiser here is `lib.attacks.pgd` with a custom `loss_fn` (L2, no random start, per
+example): representation inversion, direct feature visualisation and class-specific image
+generation differ only in the loss they maximise. Class-conditional seeds for generation are
+drawn from a multivariate normal fitted to a class's *train* images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lib.attacks import pgd
+from lib.data import check_images
+from lib.models import eval_mode
+
+MAX_SEED_DIMS = 16384  # a full covariance beyond this is too large: fit at a coarse grain instead
+
+
+# ---------------------------------------------------------------- representation inversion
+
+def relative_distance(model, x: torch.Tensor, r_targ: torch.Tensor) -> torch.Tensor:
+    """‖R(x) − r_targ‖ / ‖r_targ‖ per example. x: (N,C,H,W) in [0,1]; r_targ: (N,D). Returns (N,)."""
+    diff = (model.features(x) - r_targ).flatten(1).norm(dim=1)
+    return diff / r_targ.flatten(1).norm(dim=1).clamp_min(1e-12)
+
+
+def invert_representation(model, x_src: torch.Tensor, x_targ: torch.Tensor, *, eps: float, step_size: float,
+                          iters: int, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+    """Find x = x_src + δ whose representation matches R(x_targ): minimise the per-example relative
+    distance ‖R(x) − R(x_targ)‖ / ‖R(x_targ)‖ (not one distance over the batch, as the reference code did).
+
+    x_src, x_targ: (N,C,H,W) in [0,1] (the source is noise or another image). Returns (N,C,H,W) in [0,1].
+    """
+    check_images(x_src, "x_src")
+    check_images(x_targ, "x_targ")
+    if x_src.shape != x_targ.shape:
+        raise ValueError(f"x_src {tuple(x_src.shape)} and x_targ {tuple(x_targ.shape)} must have the same shape")
+    with torch.no_grad(), eval_mode(model):
+        r_targ = _batched(lambda t: model.features(t), x_targ, batch_size)
+
+    def run(idx):
+        r = r_targ[idx]
+        return pgd(model, x_src[idx], None, eps=eps, step_size=step_size, steps=iters, random_start=False,
+                   loss_fn=lambda m, x, _: -relative_distance(m, x, r))
+
+    return _chunked(run, len(x_src), batch_size, progress, "inversion")
+
+
+# ---------------------------------------------------------------- direct feature visualisation
+
+def visualize_feature(model, x_seed: torch.Tensor, index, *, eps: float, step_size: float, iters: int,
+                      batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+    """Maximise R(x)_index from x_seed by L2 PGD.
+
+    x_seed: (N,C,H,W) in [0,1]. index: an int (one coordinate), a sequence of ints (maximise their mean),
+    or an (N,) long tensor (one coordinate per example). Returns (N,C,H,W) in [0,1].
+    """
+    check_images(x_seed, "x_seed")
+    idx_t = _feature_index(index, len(x_seed), x_seed.device)
+
+    def run(rows):
+        sel = idx_t[rows]
+        return pgd(model, x_seed[rows], None, eps=eps, step_size=step_size, steps=iters, random_start=False,
+                   loss_fn=lambda m, x, _: m.features(x).gather(1, sel).mean(1))
+
+    return _chunked(run, len(x_seed), batch_size, progress, "feature vis")
+
+
+def _feature_index(index, n: int, device) -> torch.Tensor:
+    """(N, K) long: the coordinates whose mean each example maximises."""
+    if torch.is_tensor(index) and index.ndim == 1 and len(index) == n and n > 1:
+        return index.to(device).long().view(n, 1)
+    idx = torch.as_tensor([index] if isinstance(index, int) else list(index), dtype=torch.long, device=device)
+    if idx.ndim != 1 or len(idx) == 0:
+        raise ValueError("index must be an int, a non-empty sequence of ints or an (N,) tensor of ints")
+    return idx.view(1, -1).expand(n, -1)
+
+
+def representations(model, dataset, *, batch_size: int = 256, device=None, progress: bool = False) -> torch.Tensor:
+    """R(x) of every image of `dataset` (items (image, label)): (len(dataset), D) float on the CPU."""
+    device = device or next(model.parameters()).device
+    out = []
+    with torch.no_grad(), eval_mode(model):
+        for x, _ in tqdm(_batches(dataset, batch_size), desc="representations", disable=not progress,
+                         leave=False):
+            out.append(model.features(x.to(device)).float().cpu())
+    return torch.cat(out)
+
+
+@dataclass
+class TopActivating:
+    """The k images of a dataset that activate coordinate `index` most (top) and least (bottom)."""
+
+    index: int
+    top: torch.Tensor            # (k,) dataset indices, highest activation first
+    top_values: torch.Tensor     # (k,)
+    top_images: torch.Tensor     # (k,C,H,W) in [0,1]
+    bottom: torch.Tensor         # (k,) lowest activation first
+    bottom_values: torch.Tensor
+    bottom_images: torch.Tensor
+
+
+def top_activating(model, dataset, index: int, k: int, *, feats: torch.Tensor | None = None,
+                   batch_size: int = 256) -> TopActivating:
+    """The k images of `dataset` (the test set) with the highest and the lowest R(x)_index.
+
+    feats: precomputed `representations(model, dataset)` to reuse across coordinates.
+    """
+    if feats is None:
+        feats = representations(model, dataset, batch_size=batch_size)
+    if not 0 <= index < feats.shape[1]:
+        raise ValueError(f"index {index} is out of range for a {feats.shape[1]}-d representation")
+    k = min(k, len(feats))
+    v = feats[:, index]
+    top = v.topk(k).indices
+    bottom = (-v).topk(k).indices
+    return TopActivating(index, top, v[top], _stack(dataset, top), bottom, v[bottom], _stack(dataset, bottom))
+
+
+# ---------------------------------------------------------------- class-conditional seeds and generation
+
+def class_seeds(dataset, cls: int, n: int, *, grain: int | None = None, seed: int = 0,
+                shrinkage: float = 0.01) -> torch.Tensor:
+    """n images drawn from a multivariate normal fitted to class `cls` of `dataset` (pass the train split).
+
+    grain: fit the normal at grain×grain resolution (block means) and upsample the draws by
+    repetition, as in MadryLab's recipe; None fits at full resolution.
+    shrinkage: Σ ← (1−s)·Σ + s·(tr Σ / d)·I, so a singular covariance (constant border pixels,
+    fewer images than pixels) still has a Cholesky factor.
+    Seeded by `seed` alone (global RNGs untouched). Returns (n,C,H,W) float in [0,1].
+    """
+    x = _class_images(dataset, cls)
+    _, c, h, w = x.shape
+    low = _downsample(x, grain) if grain else x
+    flat = low.flatten(1).double()
+    if flat.shape[1] > MAX_SEED_DIMS:
+        raise ValueError(f"a full-resolution normal over {flat.shape[1]} pixels is too large; pass grain "
+                         f"(e.g. grain=8) to fit it at a coarse resolution")
+    mu, chol = _fit_normal(flat, shrinkage)
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, flat.shape[1], generator=gen, dtype=torch.float64)
+    draws = (mu + z @ chol.T).float().view(n, *low.shape[1:])
+    if grain:
+        draws = _upsample(draws, (h, w))
+    return draws.clamp(0, 1)
+
+
+def _fit_normal(flat: torch.Tensor, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and Cholesky factor of the shrunk covariance of (M, d) float64 rows."""
+    if not 0 <= shrinkage <= 1:
+        raise ValueError(f"shrinkage must lie in [0, 1], got {shrinkage}")
+    mu = flat.mean(0)
+    xc = flat - mu
+    cov = xc.T @ xc / max(1, len(flat) - 1)
+    d = cov.shape[0]
+    scale = (cov.trace() / d).clamp_min(1e-8)
+    cov = (1 - shrinkage) * cov + shrinkage * scale * torch.eye(d, dtype=cov.dtype)
+    jitter = 1e-10 * scale
+    for _ in range(8):  # shrinkage > 0 suffices in exact arithmetic; jitter guards round-off and s = 0
+        chol, info = torch.linalg.cholesky_ex(cov + jitter * torch.eye(d, dtype=cov.dtype))
+        if info == 0:
+            return mu, chol
+        jitter *= 100
+    raise ValueError("the class covariance is not positive definite even after regularisation; "
+                     "raise `shrinkage` or fit at a coarser `grain`")
+
+
+def _downsample(x: torch.Tensor, grain: int) -> torch.Tensor:
+    if grain < 1 or grain > min(x.shape[-2:]):
+        raise ValueError(f"grain must be between 1 and the image size {min(x.shape[-2:])}, got {grain}")
+    return F.adaptive_avg_pool2d(x, grain)
+
+
+def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="nearest")
+
+
+def generate_class_images(model, seeds: torch.Tensor, cls, *, eps: float, step_size: float, iters: int,
+                          batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+    """Maximise the class logit Ψ^cls(seed + δ) by L2 PGD.
+
+    seeds: (N,C,H,W) in [0,1]; cls: an int or an (N,) tensor of classes. Returns (N,C,H,W) in [0,1].
+    """
+    check_images(seeds, "seeds")
+    y = torch.as_tensor(cls, dtype=torch.long, device=seeds.device).expand(len(seeds)).contiguous()
+
+    def run(idx):
+        return pgd(model, seeds[idx], y[idx], eps=eps, step_size=step_size, steps=iters, random_start=False,
+                   loss_fn=lambda m, x, t: m(x).gather(1, t[:, None]).squeeze(1))
+
+    return _chunked(run, len(seeds), batch_size, progress, "generation")
+
+
+def class_logits(model, x: torch.Tensor, cls, *, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logit of `cls`, predicted class) per image; x: (N,C,H,W) in [0,1]. Both (N,)."""
+    with torch.no_grad(), eval_mode(model):
+        logits = _batched(model, x, batch_size)
+    y = torch.as_tensor(cls, dtype=torch.long, device=logits.device).expand(len(x))
+    return logits.gather(1, y[:, None]).squeeze(1), logits.argmax(1)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _chunked(fn, n: int, batch_size: int | None, progress: bool, desc: str) -> torch.Tensor:
+    size = batch_size or max(n, 1)
+    chunks = [torch.arange(s, min(n, s + size)) for s in range(0, n, size)]
+    out = [fn(idx) for idx in tqdm(chunks, desc=desc, disable=not progress or len(chunks) < 2, leave=False)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def _batched(fn, x: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+    size = batch_size or max(len(x), 1)
+    return torch.cat([fn(x[s:s + size]) for s in range(0, len(x), size)])
+
+
+def _batches(dataset, batch_size: int):
+    """(x, y) batches of an in-memory dataset (fast path) or any map-style dataset."""
+    n = len(dataset)
+    for s in range(0, n, batch_size):
+        idx = torch.arange(s, min(n, s + batch_size))
+        if hasattr(dataset, "batch"):
+            yield dataset.batch(idx)
+        else:
+            items = [dataset[int(i)] for i in idx]
+            yield torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
+
+
+def _stack(dataset, index: torch.Tensor) -> torch.Tensor:
+    if hasattr(dataset, "batch"):
+        return dataset.batch(index)[0]
+    return torch.stack([dataset[int(i)][0] for i in index])
+
+
+def _labels(dataset) -> torch.Tensor:
+    if hasattr(dataset, "labels"):
+        return dataset.labels
+    if isinstance(dataset, torch.utils.data.Subset) and hasattr(dataset.dataset, "targets"):
+        return torch.as_tensor(dataset.dataset.targets)[torch.as_tensor(dataset.indices)]
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+def class_indices(dataset, cls: int) -> torch.Tensor:
+    """Indices of the images of class `cls` in `dataset`; a clear error if there are none."""
+    idx = (_labels(dataset) == cls).nonzero().flatten()
+    if len(idx) == 0:
+        raise ValueError(f"the dataset has no images of class {cls}")
+    return idx
+
+
+def _class_images(dataset, cls: int) -> torch.Tensor:
+    return _stack(dataset, class_indices(dataset, cls))

@@ -1,0 +1,143 @@
+"""lib.fid: Fréchet distance against pytorch-fid, the local-only Inception path, the domain extractor."""
+
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from pytorch_fid import inception as pfi
+from pytorch_fid.fid_score import calculate_frechet_distance
+
+from lib import fid, models
+
+
+def _stats(rng, n, d, shift=0.0, scale=1.0):
+    a = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) * scale / np.sqrt(d) + shift
+    return a.mean(0), np.cov(a, rowvar=False)
+
+
+@pytest.mark.parametrize("n,d", [(500, 16), (300, 64), (2000, 256)])
+def test_frechet_distance_matches_pytorch_fid(n, d):
+    rng = np.random.default_rng(d)
+    s1, s2 = _stats(rng, n, d), _stats(rng, n, d, shift=0.3, scale=1.5)
+    ours = fid.frechet_distance(*s1, *s2)
+    ref = calculate_frechet_distance(*s1, *s2)
+    assert ours == pytest.approx(ref, rel=1e-6)
+
+
+def test_frechet_distance_closed_forms():
+    rng = np.random.default_rng(0)
+    mu, sigma = _stats(rng, 400, 32)
+    assert fid.frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0, abs=1e-8)
+    # commuting (diagonal) covariances: Σ (√a − √b)² + ‖μ₁ − μ₂‖²
+    a, b = rng.uniform(0.1, 2, 8), rng.uniform(0.1, 2, 8)
+    m1, m2 = rng.standard_normal(8), rng.standard_normal(8)
+    expect = ((m1 - m2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert fid.frechet_distance(m1, np.diag(a), m2, np.diag(b)) == pytest.approx(expect, rel=1e-10)
+
+
+def test_frechet_distance_singular_covariance_is_finite():
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((10, 50)), rng.standard_normal((10, 50))  # rank 9 in 50 dims
+    d = fid.frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    assert np.isfinite(d) and d > 0
+    with pytest.raises(ValueError, match="shapes"):
+        fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def _domain_net():
+    torch.manual_seed(0)
+    return models.build("small_cnn", 10, 1, 8, width=4).eval()
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_shift_increases_it():
+    net = _domain_net()
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert fid.fid(x, x, net, batch_size=16, progress=False) == pytest.approx(0, abs=1e-6)
+    assert fid.fid(x, (x * 0.5).clamp(0, 1), net, progress=False) > 1e-3
+    assert fid.distance_label(net).startswith("FD-")
+
+
+def _standin_state(seed=0) -> dict:
+    """pytorch-fid's FID Inception architecture with random weights (no download, global RNG kept)."""
+    with torch.random.fork_rng(), mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: None), \
+            mock.patch.object(torchvision.models.Inception3, "load_state_dict", lambda self, *a, **k: None):
+        torch.manual_seed(seed)
+        net = pfi.fid_inception_v3()
+    return net.state_dict()
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inception") / fid.FID_WEIGHTS_FILE
+    torch.save(_standin_state(), path)
+    return path, fid.sha256_file(path)
+
+
+def test_inception_with_standin_weights(standin):
+    path, digest = standin
+    with mock.patch("torch.hub.load_state_dict_from_url", side_effect=AssertionError("network call")):
+        net = fid.inception(dims=(192,), weights=path, sha256=digest)
+    assert isinstance(net, pfi.InceptionV3) and not net.training
+    assert fid.extractor_name(net) == "inception-192" and fid.distance_label(net) == "FD-inception-192"
+    state = _standin_state()
+    got = net.blocks[1][0].conv.weight  # Conv2d_3b_1x1: the file's weights, not a fresh init
+    assert torch.equal(got, state["Conv2d_3b_1x1.conv.weight"])
+    gray = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    acts = fid.activations(gray, net, batch_size=2, progress=False)
+    assert acts.shape == (3, 192) and np.isfinite(acts).all()
+    rgb = fid.activations(gray.expand(-1, 3, -1, -1), net, progress=False)
+    np.testing.assert_allclose(acts, rgb, rtol=1e-6)  # grayscale = the same image repeated on 3 channels
+    d = fid.feature_distance(gray, gray, net)
+    np.testing.assert_allclose(d, 0, atol=1e-6)
+
+
+def test_inception_2048_is_labelled_fid(standin):
+    path, digest = standin
+    net = fid.inception(weights=path, sha256=digest)
+    assert fid.distance_label(net) == "FID"
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert fid.activations(x, net, progress=False).shape == (2, 2048)
+
+
+def test_missing_weights_error_names_file_url_and_place(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        fid.inception(weights=tmp_path / "nothing.pth")
+    msg = str(e.value)
+    assert fid.FID_WEIGHTS_FILE in msg and pfi.FID_WEIGHTS_URL in msg and "checkpoints" in msg
+
+
+def test_wrong_hash_is_refused(standin):
+    path, _ = standin
+    with pytest.raises(ValueError, match="SHA-256"):
+        fid.inception(dims=(192,), weights=path)  # the official digest cannot match random weights
+
+
+def test_default_weights_path_is_torch_hub_cache(tmp_path):
+    with mock.patch("torch.hub.get_dir", return_value=str(tmp_path)):
+        assert fid.default_weights_path() == tmp_path / "checkpoints" / fid.FID_WEIGHTS_FILE
+        assert not fid.weights_available()
+        with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+            fid.inception()
+
+
+def test_domain_extractor_is_independent_cached_and_labelled(tmp_path):
+    from lib import profiles
+
+    prof = profiles.load("smoke")
+    prof["train"] = {**prof["train"], "epochs": 1}
+    spec = {"arch": "small_cnn", "arch_kwargs": {"width": 4}, "seed": 7}
+    net = fid.domain_extractor(prof, spec, tmp_path, progress=False)
+    assert net.meta["config"]["seed"] == 7 and net.meta["key"] == "fd_extractor"
+    assert fid.distance_label(net) == "FD-small_cnn-w4"
+    with mock.patch("lib.train.train", side_effect=AssertionError("retrained")):
+        again = fid.domain_extractor(prof, spec, tmp_path, progress=False)  # cached
+    assert torch.equal(again.head.weight, net.head.weight)
+    base = profiles.model_config(prof, "standard")
+    with pytest.raises(ValueError, match="differ"):
+        fid.domain_extractor(prof, {"arch_kwargs": base["arch_kwargs"], "seed": 7}, tmp_path)
+    with pytest.raises(ValueError, match="differ"):
+        fid.domain_extractor(prof, {"arch_kwargs": {"width": 4}}, tmp_path)
+    with pytest.raises(ValueError, match="unknown"):
+        fid.domain_extractor(prof, {"widht": 4}, tmp_path)

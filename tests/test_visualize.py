@@ -1,0 +1,117 @@
+"""lib.visualize: inversion, feature visualisation, class seeds and generation on tiny models."""
+
+import pytest
+import torch
+
+from lib import data, models
+from lib import visualize as V
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits", "train"), data.load("digits", "test")
+
+
+@pytest.fixture()
+def net():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        m = models.build("small_cnn", 10, 1, 8, width=8)
+    return m.train()  # the optimisers must switch to eval and restore this
+
+
+def _images(ds, n, start=0):
+    return torch.stack([ds[i][0] for i in range(start, start + n)])
+
+
+def test_inversion_lowers_representation_distance_per_example(net, digits):
+    _, test = digits
+    targ, src = _images(test, 6), torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        r = net.features(targ)
+        before = V.relative_distance(net, src, r)
+    inv = V.invert_representation(net, src, targ, eps=100.0, step_size=0.05, iters=150, progress=False)
+    with torch.no_grad():
+        after = V.relative_distance(net, inv, r)
+    assert (after < 0.5 * before).all(), (before, after)
+    assert inv.min() >= 0 and inv.max() <= 1 and net.training
+    # per-example objective: one example's result does not depend on the rest of the batch
+    alone = V.invert_representation(net, src[2:3], targ[2:3], eps=100.0, step_size=0.05, iters=150, progress=False)
+    torch.testing.assert_close(alone, inv[2:3], atol=1e-5, rtol=0)
+    chunked = V.invert_representation(net, src, targ, eps=100.0, step_size=0.05, iters=150, batch_size=4,
+                                      progress=False)
+    torch.testing.assert_close(chunked, inv, atol=1e-5, rtol=0)
+
+
+def test_generation_raises_target_logit(net, digits):
+    train, _ = digits
+    seeds = V.class_seeds(train, 3, 8, seed=0)
+    before, _ = V.class_logits(net, seeds, 3)
+    gen = V.generate_class_images(net, seeds, 3, eps=4.0, step_size=0.2, iters=30, progress=False)
+    after, _ = V.class_logits(net, gen, 3)
+    assert (after > before).all() and (after - before).mean() > 0.05, (before, after)
+    assert (gen - seeds).flatten(1).norm(dim=1).max() <= 4.0 + 1e-4  # stays in the ε-ball
+    per_example = V.generate_class_images(net, seeds, torch.full((8,), 3), eps=4.0, step_size=0.2, iters=30,
+                                          progress=False)
+    torch.testing.assert_close(per_example, gen)
+
+
+def test_visualize_feature_raises_the_coordinate(net):
+    seed = (0.5 + torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)) / 20).clamp(0, 1)
+    with torch.no_grad():
+        f0 = net.features(seed)
+    live = f0.min(0).values.argsort(descending=True)[:4].tolist()  # units active at every seed (ReLU)
+    kw = dict(eps=100.0, step_size=0.1, iters=40, progress=False)
+    one = V.visualize_feature(net, seed, live[0], **kw)
+    group = V.visualize_feature(net, seed, live[1:], **kw)
+    per = V.visualize_feature(net, seed, torch.tensor([live[1], live[2], live[3], live[0]]), **kw)
+    with torch.no_grad():
+        assert (net.features(one)[:, live[0]] > f0[:, live[0]] + 0.1).all()
+        assert (net.features(group)[:, live[1:]].mean(1) > f0[:, live[1:]].mean(1) + 0.1).all()
+        torch.testing.assert_close(per[3], one[3])
+    with pytest.raises(ValueError, match="index"):
+        V.visualize_feature(net, seed, [], eps=1.0, step_size=0.1, iters=1, progress=False)
+
+
+def test_top_activating_matches_brute_force(net, digits):
+    _, test = digits
+    feats = V.representations(net, test, batch_size=100)
+    assert feats.shape == (len(test), 32)
+    res = V.top_activating(net, test, 7, 5)
+    v = feats[:, 7]
+    assert res.top_values[0] == v.max() and res.bottom_values[0] == v.min()
+    assert (res.top_values[:-1] >= res.top_values[1:]).all()
+    torch.testing.assert_close(res.top_images[0], test[int(res.top[0])][0])
+    with pytest.raises(ValueError, match="out of range"):
+        V.top_activating(net, test, 99, 3, feats=feats)
+
+
+def test_class_seeds_carry_the_class_mean(digits):
+    train, _ = digits
+    means = {c: V._class_images(train, c).mean(0) for c in (0, 1)}
+    seeds = {c: V.class_seeds(train, c, 4000, seed=0) for c in (0, 1)}
+    for c in (0, 1):
+        own = (seeds[c].mean(0) - means[c]).abs().mean()
+        other = (seeds[c].mean(0) - means[1 - c]).abs().mean()
+        assert own < 0.03 and own < 0.25 * other, (own, other)
+    assert seeds[0].shape == (4000, 1, 8, 8) and seeds[0].min() >= 0 and seeds[0].max() <= 1
+
+
+def test_class_seeds_grain_seeding_and_singular_covariance(digits):
+    train, _ = digits
+    state = torch.get_rng_state()
+    a = V.class_seeds(train, 2, 5, grain=4, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # global RNG untouched
+    torch.testing.assert_close(a, V.class_seeds(train, 2, 5, grain=4, seed=3))
+    assert not torch.equal(a, V.class_seeds(train, 2, 5, grain=4, seed=4))
+    blocks = a.unfold(2, 2, 2).unfold(3, 2, 2)  # 8×8 from a 4×4 fit: constant 2×2 blocks
+    assert torch.equal(blocks.amax((-1, -2)), blocks.amin((-1, -2)))
+    # digits' border pixels are always 0: the raw covariance is singular; both settings must work
+    x = V._class_images(train, 2).flatten(1).double()
+    assert torch.linalg.matrix_rank(torch.cov(x.T)) < x.shape[1]
+    for s in (0.0, 0.01):
+        assert torch.isfinite(V.class_seeds(train, 2, 5, seed=0, shrinkage=s)).all()
+    with pytest.raises(ValueError, match="grain"):
+        V.class_seeds(train, 2, 5, grain=20)
+    with pytest.raises(ValueError, match="no images of class"):
+        V.class_seeds(train, 11, 5)
