@@ -20,7 +20,7 @@ def savefig(fig, fig_dir: str | Path, name: str) -> list[Path]:
     return paths
 
 
-def training_curves(history: dict[str, list[dict]]):
+def training_curves(history: dict):
     """history: model key -> per-epoch rows from meta.json. One panel per metric."""
     import pandas as pd
 
@@ -37,12 +37,17 @@ def training_curves(history: dict[str, list[dict]]):
     return fig
 
 
-def accuracy_bars(table):
-    """table: DataFrame with columns model, clean_acc, pgd_acc (percent)."""
-    df = table.melt(id_vars="model", value_vars=["clean_acc", "pgd_acc"], var_name="metric", value_name="acc")
-    fig, ax = plt.subplots(figsize=(1.2 * len(table) + 2, 3.2))
+def accuracy_bars(model: list, clean_acc: list, pgd_acc: list):
+    """Clean and PGD accuracy (percent) per model, side by side."""
+    import pandas as pd
+
+    df = pd.DataFrame({"model": model, "clean": clean_acc, "PGD": pgd_acc}).melt(
+        id_vars="model", var_name="metric", value_name="acc")
+    fig, ax = plt.subplots(figsize=(1.1 * len(model) + 2.5, 3.2))
     sns.barplot(data=df, x="model", y="acc", hue="metric", ax=ax)
-    ax.set_ylabel("accuracy (%)")
+    for c in ax.containers:
+        ax.bar_label(c, fmt="%.1f", fontsize=7)
+    ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     fig.tight_layout()
     return fig
@@ -92,3 +97,134 @@ def load_artefact(path: str | Path) -> tuple[str, dict]:
     with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     return spec["draw"], {**spec["data"], **arrays}
+
+
+# ---------------------------------------------------------------- notebook 03: alignment theory (Etmann, Wang)
+
+def _groups(group, groups):
+    import numpy as np
+
+    group = np.asarray(group)
+    return [(name, group == i) for i, name in enumerate(groups)]
+
+
+def alignment_vs_robustness(sweep: list, model: list, alpha: list, alpha_err: list, rho_lin: list,
+                            rho_lin_err: list, rho_emp: list, rho_emp_err: list):
+    """Etmann's "robustness vs alignment": one point per model (mean ± error), one panel per sweep kind.
+
+    All arguments are per (sweep, model) row; rows of a sweep are in order of training strength.
+    """
+    import numpy as np
+
+    kinds = list(dict.fromkeys(sweep))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        rows = [i for i, s in enumerate(sweep) if s == kind]
+        a, ae = np.asarray(alpha)[rows], np.asarray(alpha_err)[rows]
+        for x, xe, label, mk in ((rho_lin, rho_lin_err, "linearized ρ̃", "o-"), (rho_emp, rho_emp_err, "empirical ρ", "s--")):
+            x, xe = np.asarray(x)[rows], np.asarray(xe)[rows]
+            ax.errorbar(x, a, xerr=xe, yerr=ae, fmt=mk, capsize=2, label=label, mfc="white" if "s" in mk else None)
+        for i in rows:
+            ax.annotate(model[i], (rho_emp[i], alpha[i]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.set_title(f"{kind} sweep")
+        ax.set_xlabel("mean robustness (L2, pixels)")
+        ax.set_ylabel("mean alignment α")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def alignment_scatter(alpha, rho_lin, group, groups: list):
+    """Per-sample α against ρ̃, one colour per model; the dashed line is α = ρ̃ (exact for binary linear models)."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    for name, m in _groups(group, groups):
+        ax.scatter(np.asarray(rho_lin)[m], np.asarray(alpha)[m], s=6, alpha=0.5, label=name)
+    hi = float(np.nanmax(np.concatenate([np.asarray(alpha), np.asarray(rho_lin)])))
+    ax.plot([0, hi], [0, hi], "k--", lw=0.8)
+    ax.set_xlabel("linearized robustness ρ̃(x)")
+    ax.set_ylabel("alignment α(x)")
+    ax.legend(markerscale=3)
+    fig.tight_layout()
+    return fig
+
+
+def linearization_quality(rho_lin, rho_emp, group, groups: list):
+    """ρ̃ against the empirical ρ from the minimum-norm attack, per sample; dashed: ρ̃ = ρ."""
+    import numpy as np
+
+    rho_lin, rho_emp = np.asarray(rho_lin), np.asarray(rho_emp)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    for name, m in _groups(group, groups):
+        ok = m & np.isfinite(rho_emp)
+        ax.scatter(rho_emp[ok], rho_lin[ok], s=5, alpha=0.4, label=name)
+    ok = np.isfinite(rho_emp) & np.isfinite(rho_lin) & (rho_emp > 0) & (rho_lin > 0)
+    lo, hi = np.min([rho_emp[ok].min(), rho_lin[ok].min()]), np.max([rho_emp[ok].max(), rho_lin[ok].max()])
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("empirical robustness ρ(x) (min-norm attack)")
+    ax.set_ylabel("linearized robustness ρ̃(x)")
+    ax.legend(markerscale=3, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def homogeneity_by_model(fraction, group, groups: list):
+    """Etmann's "fraction of homogeneous part of logit" |⟨x,g⟩|/(|⟨x,g⟩|+|β|), distribution per model."""
+    import numpy as np
+    import pandas as pd
+
+    df = pd.DataFrame({"model": np.asarray(groups)[np.asarray(group)], "fraction": np.asarray(fraction)})
+    fig, ax = plt.subplots(figsize=(1.1 * len(groups) + 2, 3.4))
+    sns.boxplot(data=df, x="model", y="fraction", ax=ax, fliersize=1)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("homogeneous fraction of Ψ^{i*}")
+    ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return fig
+
+
+def bound_check(model: list, holds: list, rho_lin: list, alpha: list, angle: list, beta: list):
+    """Left: fraction of samples where ρ̃ ≤ α + ‖x‖‖ḡ†−ḡ‖ + |β†|/‖g†‖. Right: mean terms (stacked) and mean ρ̃."""
+    import numpy as np
+
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(2.2 * len(model) + 3, 3.4))
+    pos = np.arange(len(model))
+    a0.bar(pos, holds, color="tab:green")
+    for p, h in zip(pos, holds):
+        a0.text(p, h, f"{h:.3f}", ha="center", va="bottom", fontsize=7)
+    a0.set_ylim(0, 1.1)
+    a0.set_ylabel("fraction where the bound holds")
+    bottom = np.zeros(len(model))
+    for vals, label in ((alpha, "α"), (angle, "‖x‖·‖ḡ†−ḡ‖"), (beta, "|β†|/‖g†‖")):
+        a1.bar(pos, vals, bottom=bottom, label=label)
+        bottom = bottom + np.asarray(vals)
+    a1.plot(pos, rho_lin, "kD", label="ρ̃ (left side)")
+    a1.set_yscale("log")
+    a1.set_ylabel("mean over samples")
+    a1.legend(fontsize=7)
+    for ax in (a0, a1):
+        ax.set_xticks(pos, model, rotation=20)
+    fig.tight_layout()
+    return fig
+
+
+def boundary_cosine(cos_normal, cos_direction, group, groups: list):
+    """Wang's claim: cos(∇Ψ^{i*}(x), boundary normal at x_b) and cos(∇Ψ^{i*}(x), x − x_b), per model."""
+    import numpy as np
+    import pandas as pd
+
+    names = np.asarray(groups)[np.asarray(group)]
+    df = pd.concat([
+        pd.DataFrame({"model": names, "cosine": np.asarray(cos_normal), "measure": "cos(∇Ψ(x), n(x_b))"}),
+        pd.DataFrame({"model": names, "cosine": np.asarray(cos_direction), "measure": "cos(∇Ψ(x), x − x_b)"}),
+    ]).dropna()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    sns.violinplot(data=df, x="measure", y="cosine", hue="model", split=len(groups) == 2, inner="quart",
+                   cut=0, ax=ax)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("")
+    fig.tight_layout()
+    return fig

@@ -168,6 +168,22 @@ def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", pro
     return checkpoints.load_model(out_dir, device)
 
 
+def accuracy_table(trained: dict, paper: dict | None = None):
+    """One row per model: mode, strength, test clean/PGD accuracy, and the paper's numbers if given."""
+    import pandas as pd
+
+    rows = []
+    for key, model in trained.items():
+        cfg, m = model.meta["config"], model.meta["metrics"]
+        row = {"model": key, "mode": cfg["mode"], "eps": cfg["eps"] if cfg["mode"] == "pgd" else None,
+               "lam": cfg["lam"] if cfg["mode"] == "gradnorm" else None, "clean_acc": m["clean_acc"],
+               "pgd_acc": m["pgd_acc"], "best_epoch": m["best_epoch"], "train_min": model.meta["train_seconds"] / 60}
+        if paper and key in paper:
+            row.update(paper_clean_acc=paper[key]["clean_acc"], paper_pgd_acc=paper[key]["pgd_acc"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def resolve_device(device) -> torch.device:
     """'auto' picks CUDA when present; under torchrun each rank takes its LOCAL_RANK GPU."""
     device = str(device)

@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from lib import attacks
+
+
+def _l2(t):
+    return t.flatten(1).norm(dim=1)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_pgd_stays_in_ball_and_box(digits_models, digits_batch, norm):
+    model, (x, y) = digits_models["standard"], digits_batch
+    eps = 0.5 if norm == "l2" else 0.05
+    xa = attacks.pgd(model, x, y, eps=eps, step_size=eps / 4, steps=10, norm=norm)
+    d = xa - x
+    size = _l2(d) if norm == "l2" else d.flatten(1).abs().amax(1)
+    assert (size <= eps * (1 + 1e-5)).all()
+    assert xa.min() >= 0 and xa.max() <= 1
+    assert (size > 0.5 * eps).float().mean() > 0.5  # it actually moved
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_pgd_beats_random_noise_of_same_norm(digits_models, digits_batch, norm):
+    model, (x, y) = digits_models["standard"], digits_batch
+    eps = 1.0 if norm == "l2" else 0.1
+    gen = torch.Generator().manual_seed(0)
+    xa = attacks.pgd(model, x, y, eps=eps, step_size=eps / 4, steps=10, norm=norm, generator=gen)
+    noise = attacks.random_perturbation(x, eps, norm, generator=gen)
+    xr = (x + noise).clamp(0, 1)
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy
+        acc_adv = (model(xa).argmax(1) == y).float().mean()
+        acc_rand = (model(xr).argmax(1) == y).float().mean()
+        assert ce(model(xa), y) > ce(model(xr), y)
+    assert acc_adv < acc_rand - 0.2
+
+
+def test_per_example_eps_tensor(digits_models, digits_batch):
+    model, (x, y) = digits_models["standard"], digits_batch
+    eps = torch.linspace(0, 1, len(x))
+    xa = attacks.pgd(model, x, y, eps=eps, step_size=eps / 4, steps=5)
+    assert (_l2(xa - x) <= eps * (1 + 1e-5) + 1e-7).all()
+    assert torch.equal(xa[0], x[0])
+
+
+def test_targeted_raises_target_probability(digits_models, digits_batch):
+    model, (x, y) = digits_models["standard"], digits_batch
+    target = (y + 1) % 10
+    xa = attacks.pgd(model, x, target, eps=1.0, step_size=0.25, steps=10, targeted=True)
+    with torch.no_grad():
+        p0 = model(x).softmax(1).gather(1, target[:, None])
+        p1 = model(xa).softmax(1).gather(1, target[:, None])
+    assert (p1 > p0).float().mean() > 0.9
+
+
+def test_custom_loss_hook_is_maximised(digits_models, digits_batch):
+    model, (x, y) = digits_models["standard"], digits_batch
+    loss = lambda m, xa, _: m.features(xa)[:, 0]
+    xa = attacks.pgd(model, x, None, eps=2.0, step_size=0.5, steps=10, loss_fn=loss, random_start=False)
+    with torch.no_grad():
+        assert (model.features(xa)[:, 0] >= model.features(x)[:, 0]).all()
+
+
+def test_eps_zero_returns_input_and_mode_is_restored(digits_models, digits_batch):
+    model, (x, y) = digits_models["standard"], digits_batch
+    model.train()
+    model.head.eval()  # a mixed state must come back exactly
+    xa = attacks.pgd(model, x, y, eps=0.0, step_size=0.1, steps=5)
+    assert torch.equal(xa, x)
+    attacks.pgd(model, x, y, eps=0.3, step_size=0.1, steps=2)
+    assert model.training and model.body.training and not model.head.training
+    model.eval()
+
+
+def test_bad_arguments_raise_clear_errors(digits_models, digits_batch):
+    model, (x, y) = digits_models["standard"], digits_batch
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        attacks.pgd(model, x, y, eps=-0.1, step_size=0.1, steps=1)
+    with pytest.raises(ValueError, match="unknown norm"):
+        attacks.pgd(model, x, y, eps=0.1, step_size=0.1, steps=1, norm="l1")
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        attacks.pgd(model, bad, y, eps=0.1, step_size=0.1, steps=1)
+    with pytest.raises(ValueError, match=r"\[0,1\]"):
+        attacks.pgd(model, x * 255, y, eps=0.1, step_size=0.1, steps=1)
