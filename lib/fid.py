@@ -177,17 +177,22 @@ def statistics(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^{1/2}) for symmetric PSD Σ.
 
-    Tr((Σ₁Σ₂)^{1/2}) = Σᵢ √λᵢ(Σ₁^{1/2} Σ₂ Σ₁^{1/2}), since Σ₁Σ₂ is similar to that PSD matrix; two
-    symmetric eigendecompositions replace scipy's general `sqrtm` (faster, real, no singular-product
-    fallback needed).
+    Tr((Σ₁Σ₂)^{1/2}) = Σᵢ √λᵢ(Bᵀ Σ₂ B) for any B with B Bᵀ = Σ₁, because Σ₁Σ₂ is similar to that
+    PSD matrix. B is the Cholesky factor, or V·diag(√w) from an eigendecomposition when Σ₁ is
+    singular (fewer images than dimensions). One symmetric eigenvalue solve replaces scipy's
+    general `sqrtm`: faster, real, and no singular-product fallback needed.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
         raise ValueError(f"shapes do not match: mu {mu1.shape} / {mu2.shape}, sigma {s1.shape} / {s2.shape}")
-    w, v = np.linalg.eigh((s1 + s1.T) / 2)
-    half = v * np.sqrt(np.clip(w, 0, None))  # Σ₁^{1/2} = half·vᵀ; half·vᵀ Σ₂ v·halfᵀ has the same spectrum
-    m = half.T @ s2 @ half
+    s1 = (s1 + s1.T) / 2
+    try:
+        b = np.linalg.cholesky(s1)
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh(s1)
+        b = v * np.sqrt(np.clip(w, 0, None))
+    m = b.T @ s2 @ b
     lam = np.linalg.eigvalsh((m + m.T) / 2)
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(lam, 0, None)).sum())
@@ -208,6 +213,36 @@ def feature_distance(a, b, extractor, *, batch_size: int = 50, device=None) -> n
     fa = activations(a, extractor, batch_size, device=device, progress=False)
     fb = activations(b, extractor, batch_size, device=device, progress=False)
     return np.linalg.norm(fa - fb, axis=1)
+
+
+def frechet_of(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance of two (N, D) activation sets."""
+    return frechet_distance(*statistics(a), *statistics(b))
+
+
+def per_class_fd(acts: np.ndarray, y, ref: np.ndarray, ref_y, classes) -> np.ndarray:
+    """(K,) Fréchet distance of each class's activations to the reference activations of that class."""
+    y, ref_y = np.asarray(y), np.asarray(ref_y)
+    return np.array([frechet_of(acts[y == c], ref[ref_y == c]) for c in classes])
+
+
+def make_extractor(section: dict, profile: dict, run_dir, *, dims=(2048,), device="cpu", data_root="data",
+                   progress: bool = True):
+    """The feature extractor a profile's `fid:` section asks for.
+
+    section["features"]: "inception" (FID weights required: a clear error if missing), "domain"
+    (`domain_extractor` with section["extractor"]) or "auto" (inception when its weights are present).
+    """
+    kind = section.get("features", "auto")
+    if kind not in ("inception", "domain", "auto"):
+        raise ValueError(f"fid.features must be inception, domain or auto, got {kind!r}")
+    if kind == "auto":
+        kind = "inception" if weights_available(section.get("weights")) else "domain"
+    if kind == "inception":
+        return inception(dims, section.get("weights"), sha256=section.get("sha256") or FID_WEIGHTS_SHA256,
+                         device=device)
+    return domain_extractor(profile, section["extractor"], run_dir, device=device, data_root=data_root,
+                            progress=progress)
 
 
 def _is_inception(extractor) -> bool:

@@ -228,3 +228,90 @@ def boundary_cosine(cos_normal, cos_direction, group, groups: list):
     ax.set_xlabel("")
     fig.tight_layout()
     return fig
+# ---------------------------------------------------------------- 04-06: feature visualisation and FID
+
+def image_grid(images, row_labels: list, col_labels: list | None = None, title: str = ""):
+    """images: (R, K, C, H, W) in [0,1] (NaN cells stay blank); one labelled row per leading index."""
+    import numpy as np
+
+    images = np.asarray(images, dtype=np.float32)
+    r, k = images.shape[:2]
+    side = 0.9 if images.shape[-1] <= 32 else 1.3  # inches per image
+    left, head, gap = 0.9, (0.3 if title else 0) + (0.22 if col_labels is not None else 0), 0.06
+    width, height = left + k * (side + gap), head + r * (side + gap) + 0.05
+    fig, axes = plt.subplots(r, k, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=left / width, right=1 - 0.02 / width, bottom=0.05 / height, top=1 - head / height,
+                        wspace=gap / side, hspace=gap / side)
+    for i in range(r):
+        for j in range(k):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            img = images[i, j]
+            if np.isnan(img).any():
+                ax.axis("off")
+                continue
+            if img.shape[0] == 1:
+                ax.imshow(img[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1), interpolation="nearest")
+            if j == 0:
+                ax.set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
+            if i == 0 and col_labels is not None:
+                ax.set_title(col_labels[j], fontsize=7, pad=3)
+    if title:
+        fig.suptitle(title, fontsize=9, y=1 - 0.04 / height, va="top")
+    return fig
+
+
+def distance_strip(model: list, values, ylabel: str, paper: list | None = None):
+    """values: (M, N) per-example distances of M models; paper: M reference means (drawn as red ticks)."""
+    import numpy as np
+    import pandas as pd
+
+    values = np.asarray(values, dtype=float)
+    df = pd.DataFrame({"model": np.repeat(model, values.shape[1]), ylabel: values.ravel()})
+    fig, ax = plt.subplots(figsize=(1.3 * len(model) + 1.8, 3.2))
+    sns.boxplot(data=df, x="model", y=ylabel, color="0.85", showfliers=False, ax=ax)
+    sns.stripplot(data=df, x="model", y=ylabel, hue="model", size=3, legend=False, ax=ax)
+    if paper is not None:
+        ax.scatter(range(len(model)), paper, marker="_", s=400, color="red", zorder=5, label="paper (mean)")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("")
+    fig.tight_layout()
+    return fig
+
+
+def fd_bars(name: list, mean: list, std: list, label: str, paper: list | None = None):
+    """FID/FD per image set (real, standard, robust): mean ± std over seeds; paper values as red ticks."""
+    import numpy as np
+
+    pos = np.arange(len(name))
+    fig, ax = plt.subplots(figsize=(1.2 * len(name) + 1.8, 3.2))
+    ax.bar(pos, mean, yerr=std, capsize=4, color=sns.color_palette()[: len(name)])
+    if paper is not None:
+        ok = [i for i, v in enumerate(paper) if v is not None]
+        ax.scatter(pos[ok], np.asarray(paper, dtype=float)[ok], marker="_", s=500, color="red", zorder=5,
+                   label="paper")
+        ax.legend(fontsize=7)
+    ax.set_xticks(pos, name)
+    ax.set_ylabel(label)
+    fig.tight_layout()
+    return fig
+
+
+def fd_per_class(classes: list, name: list, values, label: str):
+    """values: (S, K) FID/FD of S image sets for K classes, as grouped bars."""
+    import numpy as np
+    import pandas as pd
+
+    values = np.asarray(values, dtype=float)
+    df = pd.DataFrame({"class": np.tile(classes, len(name)), "set": np.repeat(name, len(classes)),
+                       label: values.ravel()})
+    fig, ax = plt.subplots(figsize=(0.55 * len(classes) * len(name) / 2 + 2.5, 3.2))
+    sns.barplot(data=df, x="class", y=label, hue="set", ax=ax)
+    ax.tick_params(axis="x", rotation=30)
+    ax.set_xlabel("")
+    fig.tight_layout()
+    return fig

@@ -51,6 +51,31 @@ def invert_representation(model, x_src: torch.Tensor, x_targ: torch.Tensor, *, e
     return _chunked(run, len(x_src), batch_size, progress, "inversion")
 
 
+def inversion_pairs(dataset, n: int, *, source: str = "image", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random (source, target) pairs for inversion: the source is a random image of another class
+    (`source="image"`) or uniform noise (`"noise"`). Returns x_src, x_targ: (n,C,H,W) in [0,1]."""
+    if source not in ("image", "noise"):
+        raise ValueError(f"source must be 'image' or 'noise', got {source!r}")
+    gen = torch.Generator().manual_seed(seed)
+    y = labels(dataset)
+    targ = torch.randperm(len(dataset), generator=gen)[:n]
+    x_targ = stack_images(dataset, targ)
+    if source == "noise":
+        return torch.rand(x_targ.shape, generator=gen), x_targ
+    src = torch.empty_like(targ)
+    for i, t in enumerate(targ.tolist()):
+        other = (y != y[t]).nonzero().flatten()
+        src[i] = other[torch.randint(len(other), (1,), generator=gen)]
+    return stack_images(dataset, src), x_targ
+
+
+def noise_seeds(n: int, shape, *, seed: int = 0, std: float = 0.05) -> torch.Tensor:
+    """Grey images with a little Gaussian noise, the starting points of feature visualisation
+    (MadryLab: 0.5 + N(0,1)/20). Returns (n, *shape) in [0,1]."""
+    gen = torch.Generator().manual_seed(seed)
+    return (0.5 + std * torch.randn(n, *shape, generator=gen)).clamp(0, 1)
+
+
 # ---------------------------------------------------------------- direct feature visualisation
 
 def visualize_feature(model, x_seed: torch.Tensor, index, *, eps: float, step_size: float, iters: int,
@@ -119,7 +144,8 @@ def top_activating(model, dataset, index: int, k: int, *, feats: torch.Tensor | 
     v = feats[:, index]
     top = v.topk(k).indices
     bottom = (-v).topk(k).indices
-    return TopActivating(index, top, v[top], _stack(dataset, top), bottom, v[bottom], _stack(dataset, bottom))
+    return TopActivating(index, top, v[top], stack_images(dataset, top), bottom, v[bottom],
+                         stack_images(dataset, bottom))
 
 
 # ---------------------------------------------------------------- class-conditional seeds and generation
@@ -180,6 +206,32 @@ def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="nearest")
 
 
+def class_seed_set(dataset, per_class: int, *, grain: int | None = None, seed: int = 0, shrinkage: float = 0.01,
+                   classes=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`class_seeds` for every class (default: all of `dataset.classes`), per_class each.
+
+    Returns seeds (K·per_class, C,H,W) in [0,1] and their classes (K·per_class,), grouped by class.
+    Class c draws with seed `seed·10007 + c`, so classes and seeds never share a noise stream.
+    """
+    classes = range(len(dataset.classes)) if classes is None else classes
+    xs, ys = [], []
+    for c in classes:
+        xs.append(class_seeds(dataset, c, per_class, grain=grain, seed=seed * 10007 + c, shrinkage=shrinkage))
+        ys.append(torch.full((per_class,), c, dtype=torch.long))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def balanced_indices(dataset, per_class: int, *, seed: int = 0) -> torch.Tensor:
+    """per_class random indices of each class (fewer where a class is smaller), grouped by class."""
+    y = labels(dataset)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for c in y.unique().tolist():
+        idx = (y == c).nonzero().flatten()
+        out.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    return torch.cat(out)
+
+
 def generate_class_images(model, seeds: torch.Tensor, cls, *, eps: float, step_size: float, iters: int,
                           batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
     """Maximise the class logit Ψ^cls(seed + δ) by L2 PGD.
@@ -230,13 +282,15 @@ def _batches(dataset, batch_size: int):
             yield torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
 
 
-def _stack(dataset, index: torch.Tensor) -> torch.Tensor:
+def stack_images(dataset, index: torch.Tensor) -> torch.Tensor:
+    """Images dataset[index] stacked: (len(index),C,H,W) in [0,1]."""
     if hasattr(dataset, "batch"):
         return dataset.batch(index)[0]
     return torch.stack([dataset[int(i)][0] for i in index])
 
 
-def _labels(dataset) -> torch.Tensor:
+def labels(dataset) -> torch.Tensor:
+    """(N,) long labels of a dataset of (image, label)."""
     if hasattr(dataset, "labels"):
         return dataset.labels
     if isinstance(dataset, torch.utils.data.Subset) and hasattr(dataset.dataset, "targets"):
@@ -246,11 +300,11 @@ def _labels(dataset) -> torch.Tensor:
 
 def class_indices(dataset, cls: int) -> torch.Tensor:
     """Indices of the images of class `cls` in `dataset`; a clear error if there are none."""
-    idx = (_labels(dataset) == cls).nonzero().flatten()
+    idx = (labels(dataset) == cls).nonzero().flatten()
     if len(idx) == 0:
         raise ValueError(f"the dataset has no images of class {cls}")
     return idx
 
 
 def _class_images(dataset, cls: int) -> torch.Tensor:
-    return _stack(dataset, class_indices(dataset, cls))
+    return stack_images(dataset, class_indices(dataset, cls))

@@ -37,11 +37,17 @@ def test_frechet_distance_closed_forms():
     assert fid.frechet_distance(m1, np.diag(a), m2, np.diag(b)) == pytest.approx(expect, rel=1e-10)
 
 
-def test_frechet_distance_singular_covariance_is_finite():
+def test_frechet_distance_singular_covariance():
     rng = np.random.default_rng(1)
-    x, y = rng.standard_normal((10, 50)), rng.standard_normal((10, 50))  # rank 9 in 50 dims
-    d = fid.frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
-    assert np.isfinite(d) and d > 0
+    x, y = rng.standard_normal((40, 50)), rng.standard_normal((40, 50))  # rank 39 in 50 dims
+    s1, s2 = (x.mean(0), np.cov(x, rowvar=False)), (y.mean(0), np.cov(y, rowvar=False))
+    d = fid.frechet_distance(*s1, *s2)
+    assert np.isfinite(d) and d == pytest.approx(calculate_frechet_distance(*s1, *s2), rel=1e-6)
+    # the eigendecomposition fallback (singular Σ₁) agrees with the Cholesky route on a full-rank Σ₁
+    full = _stats(rng, 300, 20), _stats(rng, 300, 20, shift=1.0)
+    with mock.patch("numpy.linalg.cholesky", side_effect=np.linalg.LinAlgError):
+        via_eigh = fid.frechet_distance(*full[0], *full[1])
+    assert via_eigh == pytest.approx(fid.frechet_distance(*full[0], *full[1]), rel=1e-10)
     with pytest.raises(ValueError, match="shapes"):
         fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
