@@ -31,7 +31,7 @@ def write_profile(prof: dict, path: Path) -> Path:
 def digits_models(tmp_path_factory):
     """A standard and a PGD-trained small_cnn on digits (seconds on CPU)."""
     run_dir = tmp_path_factory.mktemp("digits_models")
-    prof = tiny_profile(epochs=4)
+    prof = tiny_profile()
     return {k: train.get_model(prof, k, run_dir, device="cpu", progress=False) for k in ("standard", "robust")}
 
 

@@ -1,0 +1,244 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lib import attacks, models
+from lib import attributions as A
+
+
+@pytest.fixture(scope="module")
+def setup(digits_models, digits_batch):
+    """A trained small_cnn, 12 digits and its predictions as targets, a background set."""
+    model = digits_models["standard"]
+    x, _ = digits_batch
+    x, bg = x[:12], x[32:64]
+    return model, x, A.logits(model, x).argmax(1), bg
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+# ---------------------------------------------------------------- integrated gradients
+
+@pytest.mark.parametrize("rule,steps", [("trapezoid", 300), ("gausslegendre", 64)])
+def test_ig_completeness_on_small_cnn(setup, rule, steps):
+    model, x, t, _ = setup
+    phi = A.integrated_gradients(model, x, t, steps=steps, rule=rule, batch_size=256)
+    err = A.completeness_error(model, x, t, phi)
+    delta = A.logits(model, x).gather(1, t[:, None]).squeeze(1) - A.logits(model, 0 * x).gather(1, t[:, None]).squeeze(1)
+    assert err.abs().max() <= 0.02 * delta.abs().max()
+    assert phi.dtype == torch.float32 and phi.shape == x.shape
+
+
+def test_ig_matches_captum_after_n_over_n_minus_1(setup):
+    from captum.attr import IntegratedGradients
+
+    model, x, t, _ = setup
+    for n in (8, 50):
+        ours = A.integrated_gradients(model, x, t, steps=n)
+        theirs = IntegratedGradients(model).attribute(x, target=t, n_steps=n, method="riemann_trapezoid")
+        assert _rel(ours, theirs * n / (n - 1)) < 1e-5
+    ours = A.integrated_gradients(model, x, t, steps=16, rule="gausslegendre")
+    theirs = IntegratedGradients(model).attribute(x, target=t, n_steps=16, method="gausslegendre")
+    assert _rel(ours, theirs) < 1e-5
+
+
+def test_captum_trapezoid_quirk_is_still_there():
+    """captum's riemann_trapezoid weights sum to (n−1)/n. If this fails, captum fixed it: drop the n/(n−1) notes."""
+    from captum.attr._utils.approximation_methods import Riemann, riemann_builders
+
+    step_sizes, alphas = riemann_builders(Riemann.trapezoid)
+    for n in (2, 10, 50):
+        assert sum(step_sizes(n)) == pytest.approx((n - 1) / n)
+        assert alphas(n) == pytest.approx(np.linspace(0, 1, n).tolist())
+    for rule in A.RULES:
+        assert A.quadrature(7, rule)[1].sum().item() == pytest.approx(1.0)
+
+
+def test_ig_batching_and_baselines(setup):
+    model, x, t, _ = setup
+    full = A.integrated_gradients(model, x, t, steps=10)
+    assert _rel(A.integrated_gradients(model, x, t, steps=10, batch_size=7), full) < 1e-5
+    x, t = x[:6], t[:6]
+    for base in ("uniform", "gaussian", torch.full_like(x[0], 0.5)):
+        a = A.integrated_gradients(model, x, t, baseline=base, steps=256, seed=3)
+        assert torch.equal(a, A.integrated_gradients(model, x, t, baseline=base, steps=256, seed=3))
+        err = A.completeness_error(model, x, t, a, baseline=base, seed=3)
+        rel = A.relative_error(err, model, x, t, A.make_baseline(x, base, seed=3))
+        assert rel.max() < 0.03  # ReLU kinks, not the rule, limit the accuracy (see benchmarks/)
+    with pytest.raises(ValueError, match="baseline"):
+        A.integrated_gradients(model, x, t, baseline="zeros")
+
+
+# ---------------------------------------------------------------- expected gradients and shap
+
+def test_expected_gradients_complete_in_expectation(setup):
+    model, x, t, bg = setup
+    x, t = x[:4], t[:4]
+    phi = A.expected_gradients(model, x, t, background=bg, samples=3000, seed=0, batch_size=2000)
+    fx = A.logits(model, x).gather(1, t[:, None]).squeeze(1)
+    fbg = A.logits(model, bg)[:, t].mean(0)  # E_{x′}[F_t(x′)] over the background
+    gap = fx - fbg
+    assert (phi.flatten(1).sum(1) - gap).abs().max() < 0.05 * gap.abs().max()
+
+
+def test_expected_gradients_deterministic_and_agrees_with_shap(setup):
+    model, x, t, bg = setup
+    a = A.expected_gradients(model, x, t, background=bg, samples=200, seed=1)
+    assert torch.equal(a, A.expected_gradients(model, x, t, background=bg, samples=200, seed=1, batch_size=100))
+    assert not torch.equal(a, A.expected_gradients(model, x, t, background=bg, samples=200, seed=2))
+    s = A.shap_values(model, x, t, background=bg, samples=200, seed=1)
+    assert s.shape == x.shape and s.dtype == torch.float32
+    assert np.corrcoef(a.flatten(), s.flatten())[0, 1] > 0.9
+
+
+def test_shap_wrapper_leaves_mode_and_numpy_rng_alone(setup):
+    model, x, t, bg = setup
+    model.train()
+    model.body[0].eval()  # a mixed state must come back exactly
+    modes = [m.training for m in model.modules()]
+    np.random.seed(123)
+    state = np.random.get_state()
+    torch_state, py_state = torch.get_rng_state(), random.getstate()
+    try:
+        A.shap_values(model, x[:3], t[:3], background=bg, samples=20, seed=0)
+        assert [m.training for m in model.modules()] == modes
+        after = np.random.get_state()
+        assert after[0] == state[0] and np.array_equal(after[1], state[1]) and after[2:] == state[2:]
+        assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == py_state
+    finally:
+        model.eval()
+
+
+def test_all_methods_leave_model_and_rngs_as_found(setup):
+    model, x, t, bg = setup
+    cfg = {"methods": list(A.METHODS), "batch_size": 64, "ig": {"steps": 4}, "smoothgrad": {"samples": 3, "sigma": 0.1},
+           "eg": {"samples": 4}, "shap": {"samples": 4}, "agi": {"steps": 3, "step_size": 0.05, "classes": 2},
+           "boundary": {"eps": [0.5, 2.0], "steps": 5, "refine_steps": 3}}
+    model.train()
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    try:
+        exp = A.explain(model, x[:4], t[:4], cfg, background=bg)
+        assert model.training and all(m.training for m in model.modules())
+        assert not any(m._forward_hooks or m._backward_hooks or m._forward_pre_hooks for m in model.modules())
+        assert all(p.grad is None for p in model.parameters())
+        assert torch.equal(torch.get_rng_state(), torch_state)
+        assert np.array_equal(np.random.get_state()[1], np_state)
+    finally:
+        model.eval()
+    assert set(exp.maps) == set(A.METHODS)
+    for name, phi in exp.maps.items():
+        assert phi.shape == x[:4].shape and phi.dtype == torch.float32, name
+
+
+@pytest.mark.parametrize("arch", models.ARCHS)
+def test_deeplift_runs_on_every_model(arch):
+    torch.manual_seed(0)
+    size = 8 if arch == "small_cnn" else 32
+    model = models.build(arch, 5, 3, size, width=4).eval()
+    x = torch.rand(2, 3, size, size)
+    t = torch.tensor([0, 3])
+    phi = A.deeplift(model, x, t)
+    assert phi.shape == x.shape and torch.isfinite(phi).all() and phi.abs().sum() > 0
+    bdt = A.deeplift(model, x, t, baseline=torch.rand(2, 3, size, size))
+    assert torch.isfinite(bdt).all()
+
+
+# ---------------------------------------------------------------- boundary search and boundary attributions
+
+def test_boundary_points_cross_and_lie_within_their_eps(setup):
+    model, x, t, _ = setup
+    b = A.boundary_search(model, x, t, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10)
+    assert b.success.float().mean() > 0.9
+    ok = b.success
+    pred = A.logits(model, b.points[ok]).argmax(1)
+    assert (pred != t[ok]).all()
+    dist = (b.points[ok] - x[ok]).flatten(1).norm(dim=1)
+    assert torch.allclose(dist, b.distance[ok], atol=1e-5)
+    assert (dist <= b.eps[ok] + 1e-5).all()
+    assert b.points[ok].min() >= 0 and b.points[ok].max() <= 1
+    unrefined = A.boundary_search(model, x, t, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10, refine_steps=0)
+    assert (b.distance[ok] <= unrefined.distance[ok] + 1e-6).all()
+
+
+def test_boundary_failures_are_marked_and_never_used(setup):
+    model, x, t, _ = setup
+    b = A.boundary_search(model, x, t, eps_list=[1e-4], steps=3)
+    fail = ~b.success
+    assert fail.sum() > 0
+    assert b.points[fail].isnan().all() and b.distance[fail].isnan().all() and b.eps[fail].isnan().all()
+    for fn in (A.big, A.bsm, A.bdt):
+        phi = fn(model, x, t, b)
+        assert phi[fail].isnan().all() and not phi[~fail].isnan().any()
+    assert A.boundary_stats(b)["success_rate"] == pytest.approx(b.success.float().mean().item())
+
+
+def test_boundary_search_uses_absolute_steps_and_keeps_smallest_eps(setup, monkeypatch):
+    model, x, t, _ = setup
+    calls, pgd = [], attacks.pgd
+
+    def spy(*args, **kw):
+        calls.append((kw["eps"], kw["step_size"], kw["steps"], len(args[1])))
+        return pgd(*args, **kw)
+
+    monkeypatch.setattr(attacks, "pgd", spy)
+    eps_list = [0.05, 0.2, 0.8, 3.2]
+    b = A.boundary_search(model, x, t, eps_list=eps_list, steps=8, refine_steps=0)
+    for eps, step, steps, _ in calls:
+        assert step == pytest.approx(2.5 * eps / 8) and steps == 8
+    assert [c[3] for c in calls] == sorted((c[3] for c in calls), reverse=True)  # only images not yet crossed
+    for i, e in enumerate(eps_list[1:], 1):  # anything kept at ε_i did not cross at ε_{i−1}
+        rows = (b.eps == e).nonzero().flatten()
+        if len(rows):
+            prev = pgd(model, x[rows], t[rows], eps=eps_list[i - 1], step_size=2.5 * eps_list[i - 1] / 8, steps=8,
+                       random_start=False)
+            assert (A.logits(model, prev).argmax(1) == t[rows]).all()
+
+
+def test_big_is_complete_relative_to_boundary(setup):
+    model, x, t, _ = setup
+    b = A.boundary_search(model, x, t, eps_list=[0.3, 1.0, 3.0], steps=10)
+    ok = b.success
+    phi = A.big(model, x, t, b, steps=64, rule="gausslegendre")
+    err = A.completeness_error(model, x[ok], t[ok], phi[ok], baseline=b.points[ok])
+    assert err.abs().max() < 0.05
+    assert (phi[ok].flatten(1).sum(1) > 0).all()  # F_t falls from x to the boundary point
+    align = A.boundary_alignment(model, x, t, b)
+    assert (align["cos_grad_boundary_grad"][ok].abs() <= 1 + 1e-5).all()
+
+
+def test_agi_shape_determinism_and_sign(setup):
+    model, x, t, _ = setup
+    a = A.agi(model, x, t, steps=10, step_size=0.05, classes=3, seed=0)
+    assert a.shape == x.shape and torch.isfinite(a).all()
+    assert torch.equal(a, A.agi(model, x, t, steps=10, step_size=0.05, classes=3, seed=0, batch_size=50))
+    assert (a.flatten(1).sum(1) > 0).float().mean() > 0.9  # the target logit drops along paths to other classes
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_concentration_metrics_closed_forms():
+    uniform = torch.ones(1, 1, 10, 10)
+    point = torch.zeros(1, 1, 10, 10)
+    point[0, 0, 3, 4] = -2.0
+    assert A.gini(uniform).item() == pytest.approx(0.0, abs=1e-6)
+    assert A.gini(point).item() == pytest.approx(0.99)
+    assert A.top_mass(uniform).item() == pytest.approx(0.05)
+    assert A.top_mass(point).item() == pytest.approx(1.0)
+    two = torch.zeros(1, 2, 10, 10)
+    two[0, 0, 0, 0], two[0, 1, 0, 0] = 1.0, -1.0  # channels pool per pixel
+    assert A.gini(two).item() == pytest.approx(0.99)
+
+
+def test_smoke_notebook_metrics(smoke_run):
+    import json
+
+    metrics = json.loads((smoke_run / "metrics" / "02_attributions.json").read_text())["metrics"]
+    for key in ("gini", "top5"):
+        for model in ("standard", "robust"):
+            assert 0 <= metrics[key][model] <= 1
+    assert "ig" in metrics["per_method"] and "big" in metrics["per_method"]
+    assert 0 <= metrics["boundary"]["standard"]["success_rate"] <= 1
