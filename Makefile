@@ -1,0 +1,42 @@
+# robinterp: `make reproduce` runs the pipeline, `make test` runs the tests. `make` alone lists targets.
+PROFILE ?= default
+DEVICE  ?= auto
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data reproduce test test-fast figures lint clean-runs
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-11s %s\n", $$1, $$2}'
+	@echo "  variables: PROFILE=$(PROFILE) DEVICE=$(DEVICE)"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv and install robinterp with its dependencies
+
+data: setup  ## make the profile's dataset loadable offline (Fashion-MNIST for default)
+	$(PY) -c "from lib import data, profiles; print(data.prepare(profiles.load('$(PROFILE)')['dataset']))"
+
+reproduce: setup data  ## run every numbered notebook with papermill (PROFILE=default, DEVICE=auto)
+	$(PY) -m lib.pipeline --profile $(PROFILE) --device $(DEVICE)
+
+test: setup  ## run the test suite (CPU, no network)
+	$(PY) -m pytest
+
+test-fast: setup  ## the tests without the slow (notebook, multi-process) ones
+	$(PY) -m pytest -m "not slow"
+
+figures: setup  ## redraw every figure and the report of PROFILE from saved data, no recomputation
+	$(PY) -m lib.figures --profile $(PROFILE)
+
+lint: setup  ## ruff
+	$(PY) -m ruff check lib tests benchmarks
+
+clean-runs:  ## delete runs/ (trained models, executed notebooks, metrics)
+	rm -rf runs

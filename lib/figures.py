@@ -1,0 +1,50 @@
+"""Redraw every figure of a run from its saved artefacts, without recomputing anything.
+
+    python -m lib.figures --profile default        # what `make figures` runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from lib import plotting, profiles
+
+
+def redraw(run_dir: str | Path, fig_dir: str | Path) -> list[Path]:
+    """Redraw runs/<profile>/artefacts/*.npz into fig_dir (PNG + PDF). Returns the PNG paths."""
+    run_dir, out = Path(run_dir), []
+    arts = sorted((run_dir / "artefacts").glob("*.json"))
+    if not arts:
+        raise FileNotFoundError(f"no saved figure data in {run_dir / 'artefacts'}: run the pipeline first "
+                                "(make reproduce).")
+    for spec in arts:
+        name, data = plotting.load_artefact(spec)
+        draw = getattr(plotting, name, None)
+        if draw is None:
+            raise ValueError(f"{spec} names drawing function {name!r}, which lib/plotting.py no longer has.")
+        fig = draw(**data)
+        out.append(plotting.savefig(fig, fig_dir, spec.stem)[0])
+        plt.close(fig)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Redraw a run's figures and report from saved data.")
+    p.add_argument("--profile", default="default")
+    p.add_argument("--run-dir", default=None)
+    p.add_argument("--fig-dir", default=None)
+    a = p.parse_args(argv)
+    name = profiles.load(a.profile)["name"]
+    run_dir = Path(a.run_dir) if a.run_dir else profiles.ROOT / "runs" / name
+    fig_dir = Path(a.fig_dir) if a.fig_dir else profiles.ROOT / "figures" / name
+    t0 = time.time()
+    paths = redraw(run_dir, fig_dir)
+    print(f"redrew {len(paths)} figures into {fig_dir} in {time.time() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
