@@ -90,9 +90,9 @@ def test_expected_gradients_deterministic_and_agrees_with_shap(setup):
     a = A.expected_gradients(model, x, t, background=bg, samples=200, seed=1)
     assert torch.equal(a, A.expected_gradients(model, x, t, background=bg, samples=200, seed=1, batch_size=100))
     assert not torch.equal(a, A.expected_gradients(model, x, t, background=bg, samples=200, seed=2))
-    s = A.shap_values(model, x, t, background=bg, samples=200, seed=1)
-    assert s.shape == x.shape and s.dtype == torch.float32
-    assert np.corrcoef(a.flatten(), s.flatten())[0, 1] > 0.9
+    s = A.shap_values(model, x[:4], t[:4], background=bg, samples=200, seed=1)
+    assert s.shape == x[:4].shape and s.dtype == torch.float32
+    assert np.corrcoef(a[:4].flatten(), s.flatten())[0, 1] > 0.9  # same estimator, different draws
 
 
 def test_shap_wrapper_leaves_mode_and_numpy_rng_alone(setup):

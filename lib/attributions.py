@@ -1,0 +1,506 @@
+"""Feature attributions and boundary attributions, in fp32, for `lib.models.Classifier`s.
+
+Every method takes x: (N,C,H,W) in [0,1] and target: (N,) class indices, explains the target
+*logit*, and returns a float32 tensor shaped like x. Models run in eval mode; their modes,
+hooks and the global RNGs (torch, numpy, python) are left as found: randomness comes from
+an explicit `seed`. Boundary search and AGI run through `lib.attacks.pgd`.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lib import attacks
+from lib.data import check_images
+from lib.models import eval_mode
+
+RULES = ("trapezoid", "gausslegendre")
+GAUSSIAN_BASELINE_STD = 0.25  # "gaussian" baseline: clamp(x + N(0, 0.25²), 0, 1)
+
+
+# ---------------------------------------------------------------- gradients
+
+def _check(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    check_images(x)
+    target = torch.as_tensor(target, device=x.device).long().flatten()
+    if target.shape != (len(x),):
+        raise ValueError(f"target must hold one class index per image ({len(x)}), got shape {tuple(target.shape)}")
+    return target
+
+
+def _gen(seed: int, device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def _grad_sum(model, n: int, total: int, make, target: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+    """Σ_f w_f ∇F_{target[i_f]}(z_f), summed per image i_f, over `total` samples made in chunks.
+
+    make(lo, hi) -> (z (B,C,H,W), i (B,) image index, w (B,) weight). Memory ∝ batch_size.
+    """
+    bs = total if batch_size is None else max(1, int(batch_size))
+    acc = None
+    with eval_mode(model), torch.enable_grad():
+        for lo in range(0, total, bs):
+            z, i, w = make(lo, min(total, lo + bs))
+            z = z.detach().float().requires_grad_(True)
+            logit = model(z).float().gather(1, target[i][:, None]).squeeze(1)
+            (g,) = torch.autograd.grad((logit * w).sum(), z)
+            if acc is None:
+                acc = torch.zeros((n, *g.shape[1:]), dtype=torch.float32, device=g.device)
+            acc.index_add_(0, i, g)
+    return acc
+
+
+def _grads(model, z: torch.Tensor, target: torch.Tensor, batch_size: int | None = None):
+    """Per-point gradients of the target logit and the logits: ((M,C,H,W), (M,K))."""
+    bs = len(z) if batch_size is None else max(1, int(batch_size))
+    grads, logits = [], []
+    with eval_mode(model), torch.enable_grad():
+        for lo in range(0, len(z), bs):
+            zb = z[lo:lo + bs].detach().float().requires_grad_(True)
+            out = model(zb).float()
+            (g,) = torch.autograd.grad(out.gather(1, target[lo:lo + bs, None]).sum(), zb)
+            grads.append(g)
+            logits.append(out.detach())
+    return torch.cat(grads), torch.cat(logits)
+
+
+def logits(model, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits (N, K) in eval mode, without gradients."""
+    with torch.no_grad(), eval_mode(model):
+        return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+
+
+def _target_logit(model, x, target):
+    return logits(model, x).gather(1, target[:, None]).squeeze(1)
+
+
+# ---------------------------------------------------------------- gradient methods
+
+def saliency(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """∇_x F_target(x): (N,C,H,W)."""
+    target = _check(x, target)
+    n = len(x)
+    return _grad_sum(model, n, n, lambda lo, hi: (x[lo:hi], torch.arange(lo, hi, device=x.device),
+                                                  torch.ones(hi - lo, device=x.device)), target, None)
+
+
+def smoothgrad(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 50, sigma: float = 0.15,
+               seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
+    """Mean gradient over x + N(0, σ²) (σ in pixel units, noise not clipped): (N,C,H,W)."""
+    target = _check(x, target)
+    n, gen = len(x), _gen(seed, x.device)
+    noise_shape = x.shape[1:]
+
+    def make(lo, hi):
+        i = torch.arange(lo, hi, device=x.device) % n
+        eps = torch.randn((hi - lo, *noise_shape), generator=gen, device=x.device)
+        return x[i] + sigma * eps, i, torch.full((hi - lo,), 1.0 / samples, device=x.device)
+
+    return _grad_sum(model, n, n * samples, make, target, batch_size)
+
+
+def make_baseline(x: torch.Tensor, baseline=None, seed: int = 0) -> torch.Tensor:
+    """Baseline x′ like x: None/"black" → 0, "uniform" → U(0,1), "gaussian" → clamp(x + N(0, 0.25²)), or a tensor."""
+    if baseline is None or (isinstance(baseline, str) and baseline == "black"):
+        return torch.zeros_like(x)
+    if isinstance(baseline, str):
+        gen = _gen(seed, x.device)
+        if baseline == "uniform":
+            return torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        if baseline == "gaussian":
+            noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            return (x + GAUSSIAN_BASELINE_STD * noise).clamp(0, 1)
+        raise ValueError(f"unknown baseline {baseline!r}; use None, 'black', 'uniform', 'gaussian' or a tensor")
+    b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    if b.ndim == x.ndim - 1:
+        b = b.unsqueeze(0)
+    return b.expand_as(x).clone()
+
+
+def quadrature(steps: int, rule: str = "trapezoid") -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes α and weights w on [0,1] with Σw = 1; `steps` gradient evaluations.
+
+    trapezoid: α = linspace(0,1,steps), w = 1/(steps−1) with halved ends. (captum's
+    riemann_trapezoid uses the same nodes but weights 1/steps, which sum to (steps−1)/steps.)
+    """
+    if rule == "trapezoid":
+        if steps < 2:
+            raise ValueError(f"the trapezoid rule needs steps >= 2, got {steps}")
+        alphas = torch.linspace(0, 1, steps, dtype=torch.float64)
+        w = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
+        w[0] /= 2
+        w[-1] /= 2
+    elif rule == "gausslegendre":
+        if steps < 1:
+            raise ValueError(f"Gauss-Legendre needs steps >= 1, got {steps}")
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        alphas, w = torch.from_numpy(0.5 * (nodes + 1)), torch.from_numpy(0.5 * weights)
+    else:
+        raise ValueError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
+    return alphas.float(), w.float()
+
+
+def integrated_gradients(model, x: torch.Tensor, target: torch.Tensor, *, baseline=None, steps: int = 50,
+                         batch_size: int | None = None, rule: str = "trapezoid", seed: int = 0) -> torch.Tensor:
+    """φ = (x − x′) ⊙ ∫₀¹ ∇F(x′ + α(x − x′)) dα by `rule` with `steps` gradient evaluations.
+
+    baseline: see `make_baseline` (random ones drawn with `seed`). batch_size bounds the points
+    per forward pass (None: all N·steps at once). Returns (N,C,H,W) float32.
+    """
+    target = _check(x, target)
+    x = x.float()
+    base = make_baseline(x, baseline, seed)
+    check_images(base, "baseline")
+    alphas, w = (t.to(x.device) for t in quadrature(steps, rule))
+    n, diff = len(x), x - base
+
+    def make(lo, hi):  # flat index f = step·N + image, as captum orders its expansion
+        f = torch.arange(lo, hi, device=x.device)
+        i, k = f % n, f // n
+        a = alphas[k].view(-1, *([1] * (x.ndim - 1)))
+        return base[i] + a * diff[i], i, w[k]
+
+    return diff * _grad_sum(model, n, n * steps, make, target, batch_size)
+
+
+def completeness_error(model, x: torch.Tensor, target: torch.Tensor, phi: torch.Tensor, baseline=None,
+                       seed: int = 0) -> torch.Tensor:
+    """Σφ − (F(x) − F(x′)) per image: (N,). Pass the same baseline and seed as to the attribution."""
+    target = _check(x, target)
+    base = make_baseline(x.float(), baseline, seed)
+    delta = _target_logit(model, x.float(), target) - _target_logit(model, base, target)
+    return phi.flatten(1).sum(1) - delta
+
+
+def expected_gradients(model, x: torch.Tensor, target: torch.Tensor, *, background: torch.Tensor,
+                       samples: int = 50, seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
+    """E_{x′~background, α~U(0,1)}[(x − x′) ⊙ ∇F(x′ + α(x − x′))], `samples` draws per image."""
+    target = _check(x, target)
+    check_images(background, "background")
+    x, bg = x.float(), background.float().to(x.device)
+    n, gen = len(x), _gen(seed, "cpu")
+    idx = torch.randint(len(bg), (samples, n), generator=gen).to(x.device)
+    alpha = torch.rand((samples, n), generator=gen).to(x.device)
+    shape = [-1] + [1] * (x.ndim - 1)
+
+    # flat index f = sample·N + image. (x − x′) differs per sample, so it multiplies per-sample gradients.
+    total = n * samples
+    bs = total if batch_size is None else max(1, int(batch_size))
+    phi = torch.zeros_like(x)
+    for lo in range(0, total, bs):
+        hi = min(total, lo + bs)
+        f = torch.arange(lo, hi, device=x.device)
+        i, s = f % n, f // n
+        b = bg[idx[s, i]]
+        g, _ = _grads(model, b + alpha[s, i].view(shape) * (x[i] - b), target[i])
+        phi.index_add_(0, i, g * (x[i] - b))
+    return phi / samples
+
+
+def shap_values(model, x: torch.Tensor, target: torch.Tensor, *, background: torch.Tensor, samples: int = 200,
+                seed: int = 0, batch_size: int = 50) -> torch.Tensor:
+    """shap.GradientExplainer's expected gradients of the target logit: (N,C,H,W) float32.
+
+    One explainer per distinct target explains only that output (shap's single-output path).
+    Restores the model's modes and the numpy/torch/python RNG states, which shap changes.
+    """
+    import shap
+
+    target = _check(x, target)
+    check_images(background, "background")
+    states = (np.random.get_state(), torch.get_rng_state(), random.getstate())
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    try:
+        with eval_mode(model):
+            for c in target.unique().tolist():
+                rows = (target == c).nonzero().flatten()
+                explainer = shap.GradientExplainer(_Select(model, c), background.float().to(x.device),
+                                                   batch_size=batch_size)
+                sv = np.asarray(explainer.shap_values(x[rows].float(), nsamples=samples, rseed=seed))
+                if sv.ndim == x.ndim + 1:  # shap >= 0.45: outputs on the last axis
+                    sv = sv[..., 0]
+                out[rows] = torch.from_numpy(sv).float().to(x.device)
+    finally:
+        np.random.set_state(states[0])
+        torch.set_rng_state(states[1])
+        random.setstate(states[2])
+    return out
+
+
+class _Select(torch.nn.Module):
+    """model restricted to one logit: (N, 1)."""
+
+    def __init__(self, model, c: int):
+        super().__init__()
+        self.model, self.c = model, c
+
+    def forward(self, x):
+        return self.model(x)[:, self.c:self.c + 1]
+
+
+def deeplift(model, x: torch.Tensor, target: torch.Tensor, *, baseline=None, seed: int = 0) -> torch.Tensor:
+    """captum's DeepLift (Rescale rule) relative to `baseline` (see `make_baseline`): (N,C,H,W)."""
+    import warnings
+
+    from captum.attr import DeepLift
+
+    target = _check(x, target)
+    x = x.float()
+    base = make_baseline(x, baseline, seed)
+    with eval_mode(model), torch.enable_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(hooks|require gradients).*")  # captum's routine notices
+        phi = DeepLift(model).attribute(x.clone(), baselines=base, target=target)
+    return phi.detach().float()
+
+
+# ---------------------------------------------------------------- boundary search (Wang et al. 2022)
+
+class Boundary(NamedTuple):
+    """Closest adversarial points found. Rows where `success` is False are NaN: never usable by mistake."""
+
+    points: torch.Tensor    # (N,C,H,W) in [0,1], NaN where the search failed
+    success: torch.Tensor   # (N,) bool: the model's prediction at `points` differs from y
+    distance: torch.Tensor  # (N,) L2 ‖points − x‖, NaN where failed
+    eps: torch.Tensor       # (N,) the smallest ε of the list that crossed (0: x already not y), NaN where failed
+
+
+def boundary_search(model, x: torch.Tensor, y: torch.Tensor, *, eps_list, steps: int = 20, rel_step: float = 2.5,
+                    refine_steps: int = 10, random_start: bool = False, seed: int = 0) -> Boundary:
+    """Nearest decision-boundary point per image by L2 PGD over an increasing ε list.
+
+    y: (N,) the class to leave, normally the model's prediction. For each ε in turn, images not
+    yet crossed get `steps` of L2 PGD with the absolute step rel_step·ε/steps (2.5·ε/steps is
+    Madry's rule); the first ε whose final point is not classified y is kept. refine_steps > 0
+    then bisects along the segment x → x_adv for the closest point that is still not y, so
+    each successful point is verified adversarial and within its ε. Images never crossed are
+    marked failed and their points are NaN.
+    """
+    y = _check(x, y)
+    eps_list = [float(e) for e in eps_list]
+    if not eps_list or any(e <= 0 for e in eps_list) or eps_list != sorted(eps_list):
+        raise ValueError(f"eps_list must be positive and increasing, got {eps_list}")
+    x = x.float()
+    gen = _gen(seed, x.device)
+    adv = torch.full_like(x, float("nan"))
+    found = torch.full((len(x),), float("nan"), device=x.device)
+    already = logits(model, x).argmax(1) != y
+    adv[already], found[already] = x[already], 0.0
+    for eps in eps_list:
+        todo = found.isnan().nonzero().flatten()
+        if len(todo) == 0:
+            break
+        xa = attacks.pgd(model, x[todo], y[todo], eps=eps, step_size=rel_step * eps / steps, steps=steps,
+                         norm="l2", random_start=random_start, generator=gen)
+        hit = logits(model, xa).argmax(1) != y[todo]
+        adv[todo[hit]], found[todo[hit]] = xa[hit], eps
+    success = ~found.isnan()
+    if refine_steps > 0 and success.any():
+        ok = success.nonzero().flatten()
+        adv[ok] = _bisect(model, x[ok], adv[ok], y[ok], refine_steps)
+    distance = torch.where(success, (adv - x).flatten(1).norm(dim=1), torch.full_like(found, float("nan")))
+    return Boundary(adv, success, distance, found)
+
+
+def _bisect(model, x, xa, y, iters: int) -> torch.Tensor:
+    """Closest point x + t(xa − x), t in (0,1], still not classified y (xa itself is not y)."""
+    lo, hi = torch.zeros(len(x), device=x.device), torch.ones(len(x), device=x.device)
+    shape = [-1] + [1] * (x.ndim - 1)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        crossed = logits(model, x + mid.view(shape) * (xa - x)).argmax(1) != y
+        hi, lo = torch.where(crossed, mid, hi), torch.where(crossed, lo, mid)
+    return x + hi.view(shape) * (xa - x)
+
+
+def _on_boundary(x, boundary: Boundary, fn) -> torch.Tensor:
+    out = torch.full(x.shape, float("nan"), dtype=torch.float32, device=x.device)
+    ok = boundary.success.nonzero().flatten()
+    if len(ok):
+        out[ok] = fn(ok)
+    return out
+
+
+def big(model, x, target, boundary: Boundary, **ig_kwargs) -> torch.Tensor:
+    """Boundary IG: IG of x relative to its boundary point. NaN rows where the search failed."""
+    target = _check(x, target)
+    return _on_boundary(x, boundary, lambda ok: integrated_gradients(
+        model, x[ok], target[ok], baseline=boundary.points[ok], **ig_kwargs))
+
+
+def bsm(model, x, target, boundary: Boundary) -> torch.Tensor:
+    """Boundary saliency: ∇F_target at the boundary point. NaN rows where the search failed."""
+    target = _check(x, target)
+    return _on_boundary(x, boundary, lambda ok: saliency(model, boundary.points[ok], target[ok]))
+
+
+def bsg(model, x, target, boundary: Boundary, **sg_kwargs) -> torch.Tensor:
+    """Boundary SmoothGrad: SmoothGrad at the boundary point. NaN rows where the search failed."""
+    target = _check(x, target)
+    return _on_boundary(x, boundary, lambda ok: smoothgrad(model, boundary.points[ok], target[ok], **sg_kwargs))
+
+
+def bdt(model, x, target, boundary: Boundary) -> torch.Tensor:
+    """Boundary DeepLift: DeepLift of x relative to its boundary point. NaN rows where the search failed."""
+    target = _check(x, target)
+    return _on_boundary(x, boundary, lambda ok: deeplift(model, x[ok], target[ok], baseline=boundary.points[ok]))
+
+
+def agi(model, x: torch.Tensor, target: torch.Tensor, *, steps: int = 20, step_size: float = 0.05,
+        norm: str = "linf", classes: int | None = None, seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
+    """Adversarial Gradient Integration (Pan et al. 2021): (N,C,H,W).
+
+    For each false class j (`classes` drawn per image with `seed`, None: all), a targeted PGD
+    path runs from x toward j and stops once the prediction is j; φ sums −∇F_target ⊙ dγ along
+    every path (trapezoid per step), so Σφ = Σ_j F_target(x) − F_target(path end). Memory ∝
+    steps · N · classes images.
+    """
+    target = _check(x, target)
+    x = x.float()
+    n, k_all = len(x), logits(model, x[:1]).shape[1]
+    k = k_all - 1 if classes is None else max(1, min(int(classes), k_all - 1))
+    score = torch.rand((n, k_all), generator=_gen(seed, "cpu")).to(x.device)
+    score[torch.arange(n), target] = 2.0  # never pick the target itself
+    j = score.argsort(1)[:, :k].flatten()
+    xr, tr = x.repeat_interleave(k, 0), target.repeat_interleave(k)
+    path = []
+
+    def toward_j(m, z, cls):  # records the path that pgd walks; pgd remains the only loop
+        path.append(z.detach())
+        return -F.cross_entropy(m(z), cls, reduction="none")
+
+    end = attacks.pgd(model, xr, j, eps=steps * step_size, step_size=step_size, steps=steps, norm=norm,
+                      random_start=False, loss_fn=toward_j)
+    pts = torch.stack(path + [end])  # (T+1, N·k, C,H,W)
+    g, out = _grads(model, pts.flatten(0, 1), tr.repeat(len(pts)), batch_size)
+    g, pred = g.view(pts.shape), out.argmax(1).view(len(pts), -1)
+    active = ((pred == j).cumsum(0) == 0)[:-1].float()  # segment t counts until the path reaches j
+    seg = 0.5 * (g[:-1] + g[1:]) * (pts[:-1] - pts[1:])
+    phi = (active.view(*active.shape, *([1] * (x.ndim - 1))) * seg).sum(0)
+    return phi.view(n, k, *x.shape[1:]).sum(1)
+
+
+# ---------------------------------------------------------------- metrics
+
+def pixel_map(phi: torch.Tensor) -> torch.Tensor:
+    """(N,C,H,W) → (N,H·W): Σ_c |φ| per pixel."""
+    return phi.abs().sum(1).flatten(1)
+
+
+def gini(phi: torch.Tensor) -> torch.Tensor:
+    """Gini index of |φ| per image over pixels: 0 = uniform, → 1 = all mass on one pixel. (N,)"""
+    a = pixel_map(phi).sort(1).values
+    m = a.shape[1]
+    rank = torch.arange(1, m + 1, device=a.device, dtype=a.dtype)
+    return ((2 * rank - m - 1) * a).sum(1) / (m * a.sum(1))
+
+
+def top_mass(phi: torch.Tensor, frac: float = 0.05) -> torch.Tensor:
+    """Share of Σ|φ| in the top `frac` of pixels per image (uniform map: `frac`). (N,)"""
+    a = pixel_map(phi)
+    k = max(1, round(frac * a.shape[1]))
+    return a.topk(k, dim=1).values.sum(1) / a.sum(1)
+
+
+def relative_error(err: torch.Tensor, model, x, target, baseline) -> torch.Tensor:
+    """|completeness error| / |F(x) − F(x′)| per image."""
+    target = _check(x, target)
+    delta = _target_logit(model, x.float(), target) - _target_logit(model, baseline.float(), target)
+    return err.abs() / delta.abs().clamp_min(1e-12)
+
+
+def boundary_alignment(model, x: torch.Tensor, target: torch.Tensor, boundary: Boundary) -> dict:
+    """Wang's alignment per image: cos(∇F(x), ∇F(x_b)) and cos(∇F(x), x − x_b); NaN where failed."""
+    g = saliency(model, x, target).flatten(1)
+    gb = bsm(model, x, target, boundary).flatten(1)
+    normal = (x.float() - boundary.points).flatten(1)
+    return {"cos_grad_boundary_grad": F.cosine_similarity(g, gb, dim=1),
+            "cos_grad_normal": F.cosine_similarity(g, normal, dim=1)}
+
+
+def boundary_stats(boundary: Boundary) -> dict:
+    """Success rate and mean/median L2 distance over the successful rows."""
+    d = boundary.distance[boundary.success]
+    return {"success_rate": boundary.success.float().mean().item(),
+            "mean_distance": d.mean().item() if len(d) else float("nan"),
+            "median_distance": d.median().item() if len(d) else float("nan")}
+
+
+# ---------------------------------------------------------------- a profile's whole comparison
+
+METHODS = ("saliency", "smoothgrad", "ig", "eg", "shap", "deeplift", "agi", "big", "bsm", "bsg", "bdt")
+BOUNDARY_METHODS = ("big", "bsm", "bsg", "bdt")
+
+
+class Explanations(NamedTuple):
+    maps: dict              # method -> (N,C,H,W) float32 (NaN rows: no boundary point found)
+    boundary: Boundary | None
+    seconds: dict           # method -> wall seconds (boundary search under "boundary_search")
+
+
+def explain(model, x: torch.Tensor, target: torch.Tensor, cfg: dict, *, background: torch.Tensor,
+            seed: int = 0) -> Explanations:
+    """Run every method of cfg["methods"] with the parameters of a profile's `attributions` section."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    unknown = set(cfg["methods"]) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown attribution methods {sorted(unknown)}; known: {', '.join(METHODS)}")
+    bs, seconds = cfg.get("batch_size"), {}
+    ig = dict(steps=cfg["ig"]["steps"], rule=cfg["ig"].get("rule", "trapezoid"), batch_size=bs)
+    sg = dict(samples=cfg["smoothgrad"]["samples"], sigma=cfg["smoothgrad"]["sigma"], seed=seed, batch_size=bs)
+    boundary = None
+    if set(cfg["methods"]) & set(BOUNDARY_METHODS):
+        b, t0 = cfg["boundary"], time.perf_counter()
+        boundary = boundary_search(model, x, target, eps_list=b["eps"], steps=b["steps"],
+                                   rel_step=b.get("rel_step", 2.5), refine_steps=b.get("refine_steps", 10), seed=seed)
+        seconds["boundary_search"] = time.perf_counter() - t0
+    run = {
+        "saliency": lambda: saliency(model, x, target),
+        "smoothgrad": lambda: smoothgrad(model, x, target, **sg),
+        "ig": lambda: integrated_gradients(model, x, target, baseline=cfg["ig"].get("baseline"), seed=seed, **ig),
+        "eg": lambda: expected_gradients(model, x, target, background=background, samples=cfg["eg"]["samples"],
+                                         seed=seed, batch_size=bs),
+        "shap": lambda: shap_values(model, x, target, background=background, samples=cfg["shap"]["samples"],
+                                    seed=seed),
+        "deeplift": lambda: deeplift(model, x, target),
+        "agi": lambda: agi(model, x, target, steps=cfg["agi"]["steps"], step_size=cfg["agi"]["step_size"],
+                           classes=cfg["agi"].get("classes"), seed=seed, batch_size=bs),
+        "big": lambda: big(model, x, target, boundary, **ig),
+        "bsm": lambda: bsm(model, x, target, boundary),
+        "bsg": lambda: bsg(model, x, target, boundary, **sg),
+        "bdt": lambda: bdt(model, x, target, boundary),
+    }
+    maps = {}
+    for name in tqdm(cfg["methods"], desc="attributions", leave=False):
+        t0 = time.perf_counter()
+        maps[name] = run[name]().detach().float()
+        seconds[name] = time.perf_counter() - t0
+    return Explanations(maps, boundary, seconds)
+
+
+def per_image_metrics(model, x: torch.Tensor, target: torch.Tensor, exp: Explanations, cfg: dict,
+                      seed: int = 0) -> dict:
+    """method -> {"gini", "top5", and "completeness" (|relative error|) where defined}: (N,) tensors."""
+    frac = cfg.get("top_frac", 0.05)
+    out = {}
+    for name, phi in exp.maps.items():
+        row = {"gini": gini(phi), "top5": top_mass(phi, frac)}
+        if name in ("ig", "deeplift", "big", "bdt"):
+            if name in ("big", "bdt"):
+                ok = exp.boundary.success
+                base = torch.where(ok.view(-1, 1, 1, 1), exp.boundary.points, x.float())
+            else:
+                base = make_baseline(x.float(), cfg["ig"].get("baseline") if name == "ig" else None, seed)
+            err = completeness_error(model, x, target, torch.nan_to_num(phi), base)
+            rel = relative_error(err, model, x, target, base)
+            row["completeness"] = torch.where(phi.flatten(1).isnan().any(1), torch.nan, rel)
+        out[name] = row
+    return out
