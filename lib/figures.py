@@ -11,7 +11,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from lib import plotting, profiles
+from lib import plotting, profiles, report
 
 
 def redraw(run_dir: str | Path, fig_dir: str | Path) -> list[Path]:
@@ -43,7 +43,8 @@ def main(argv=None) -> None:
     fig_dir = Path(a.fig_dir) if a.fig_dir else profiles.ROOT / "figures" / name
     t0 = time.time()
     paths = redraw(run_dir, fig_dir)
-    print(f"redrew {len(paths)} figures into {fig_dir} in {time.time() - t0:.1f} s")
+    md, _ = report.write(run_dir, fig_dir, profiles.load(a.profile))
+    print(f"redrew {len(paths)} figures into {fig_dir} and wrote {md} in {time.time() - t0:.1f} s")
 
 
 if __name__ == "__main__":

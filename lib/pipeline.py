@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from lib import profiles
+from lib import profiles, report
 from lib.results import environment, write_json
 
 NOTEBOOK_DIR = profiles.ROOT / "notebooks"
@@ -64,7 +64,10 @@ def run(profile: str, *, only: list[str] | None = None, device: str = "auto", ru
         timings[nb.stem] = round(time.time() - t0, 1)
         log(f"[{i}/{len(books)}] {nb.stem} done in {timings[nb.stem]:.0f} s", flush=True)
         write_json(run_dir / "timings.json", timings)
-    return summarize(run_dir, device=device)
+    summary = summarize(run_dir, device=device)
+    md, page = report.write(run_dir, Path(fig_dir) if fig_dir else profiles.ROOT / "figures" / prof["name"], prof)
+    log(f"report: {md} and {page.name}", flush=True)
+    return summary
 
 
 def summarize(run_dir: str | Path, *, device=None) -> dict:
@@ -72,8 +75,14 @@ def summarize(run_dir: str | Path, *, device=None) -> dict:
     run_dir = Path(run_dir)
     summary = {p.stem: json.loads(p.read_text())["metrics"] for p in sorted((run_dir / "metrics").glob("*.json"))}
     write_json(run_dir / "summary.json", {**summary, "_timings_s": _read_timings(run_dir),
-                                          "_environment": environment(device if device != "auto" else None)})
+                                          "_environment": environment(_device(device))})
     return summary
+
+
+def _device(device):
+    from lib.train import resolve_device
+
+    return resolve_device(device) if device else None
 
 
 def _read_timings(run_dir: Path) -> dict:

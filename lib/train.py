@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from lib import attacks, checkpoints, data, models, profiles
 from lib.results import environment
 
-
 # ---------------------------------------------------------------- public API
 
 def get_model(profile: dict, key: str, run_dir: str | Path, *, device="cpu", data_root="data",

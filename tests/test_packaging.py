@@ -3,9 +3,9 @@
 import ast
 import json
 import subprocess
-import tomllib
 
 import pytest
+import tomllib
 import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version

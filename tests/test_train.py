@@ -11,9 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lib import checkpoints, profiles, train
-
 from conftest import ROOT, tiny_profile, write_profile
+from lib import checkpoints, profiles, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
