@@ -55,7 +55,7 @@ def test_targeted_raises_target_probability(digits_models, digits_batch):
 
 
 def test_custom_loss_hook_is_maximised(digits_models, digits_batch):
-    model, (x, y) = digits_models["standard"], digits_batch
+    model, (x, _) = digits_models["standard"], digits_batch
     loss = lambda m, xa, _: m.features(xa)[:, 0]
     xa = attacks.pgd(model, x, None, eps=2.0, step_size=0.5, steps=10, loss_fn=loss, random_start=False)
     with torch.no_grad():
