@@ -17,7 +17,10 @@ TRAIN_DEFAULTS = {
     "schedule": "cosine", "milestones": [], "warmup_epochs": 0, "amp": None, "augment": None,
     "train_subset": None, "ckpt_every": 200, "val_images": 1000, "mode": "standard",
     "norm": "l2", "eps": 0.0, "step_size": 0.0, "steps": 0, "lam": 0.0, "channels_last": False,
+    "compile": False, "data_on_device": False,
 }
+# Speed options that leave the trained weights' meaning unchanged: not part of a model's identity.
+RUNTIME_KEYS = ("compile", "data_on_device")
 
 
 def known() -> list[str]:
@@ -62,7 +65,8 @@ def model_config(profile: dict, key: str) -> dict:
 
 def config_hash(cfg: dict) -> str:
     """Short, stable hash of a config; a finished model is reused only under the same hash."""
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    ident = {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def model_dir(run_dir: str | Path, profile: dict, key: str) -> Path:

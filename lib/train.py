@@ -72,6 +72,7 @@ def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", pro
     val_ds = data.load(cfg["dataset"], "val", data_root)
     if cfg["train_subset"]:
         train_ds = train_ds.subset(torch.arange(min(cfg["train_subset"], len(train_ds))))
+    train_ds = _place(train_ds, device, cfg["data_on_device"])
     arch = _arch(cfg, train_ds)
     model = models.build(arch["name"], arch["num_classes"], arch["in_channels"], arch["image_size"],
                          **arch["kwargs"]).to(device)
@@ -97,6 +98,8 @@ def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", pro
         if rank == 0:
             print(f"resuming {out_dir.name} at epoch {state['epoch']} step {state['step']}")
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    attack_model = torch.compile(model) if cfg["compile"] else model
+    net = torch.compile(net) if cfg["compile"] else net
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[cfg["amp"]]
     ev = cfg["eval"]
 
@@ -120,7 +123,7 @@ def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", pro
             x, y = _batch(train_ds, idx, device)
             x = _augment(x, cfg["augment"], gen)
             x, y = x[rank::world], y[rank::world]  # this rank's share of the global batch
-            loss, acc = _train_step(net, model, x, y, cfg, opt, scaler, amp_dtype, gen, rank, world)
+            loss, acc = _train_step(net, attack_model, x, y, cfg, opt, scaler, amp_dtype, gen, rank, world)
             sched.step()
             run_loss, run_acc = 0.9 * run_loss + 0.1 * loss, 0.9 * run_acc + 0.1 * acc
             state["step"] += 1
@@ -272,6 +275,14 @@ def _batch(ds, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         return ds.batch(idx, device)
     items = [ds[int(i)] for i in idx]
     return torch.stack([a for a, _ in items]).to(device), torch.tensor([b for _, b in items], device=device)
+
+
+def _place(ds, device: torch.device, on_device: bool):
+    """Keep an in-memory dataset on the GPU (small datasets), or in pinned memory for non-blocking copies."""
+    if not isinstance(ds, data.ImageTensorDataset) or device.type != "cuda":
+        return ds
+    images = ds.images.to(device) if on_device else ds.images.pin_memory()
+    return data.ImageTensorDataset(images, ds.labels.to(device) if on_device else ds.labels, ds.classes)
 
 
 def _arch(cfg: dict, ds) -> dict:
