@@ -141,7 +141,9 @@ def alignment_scatter(alpha, rho_lin, group, groups: list):
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     for name, m in _groups(group, groups):
         ax.scatter(np.asarray(rho_lin)[m], np.asarray(alpha)[m], s=6, alpha=0.5, label=name)
-    hi = float(np.nanmax(np.concatenate([np.asarray(alpha), np.asarray(rho_lin)])))
+    ax.set_xlim(0, None)
+    both = np.concatenate([np.asarray(alpha), np.asarray(rho_lin)])
+    hi = float(both[np.isfinite(both)].max())
     ax.plot([0, hi], [0, hi], "k--", lw=0.8)
     ax.set_xlabel("linearized robustness ρ̃(x)")
     ax.set_ylabel("alignment α(x)")
@@ -157,7 +159,7 @@ def linearization_quality(rho_lin, rho_emp, group, groups: list):
     rho_lin, rho_emp = np.asarray(rho_lin), np.asarray(rho_emp)
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     for name, m in _groups(group, groups):
-        ok = m & np.isfinite(rho_emp)
+        ok = m & np.isfinite(rho_emp) & np.isfinite(rho_lin)
         ax.scatter(rho_emp[ok], rho_lin[ok], s=5, alpha=0.4, label=name)
     ok = np.isfinite(rho_emp) & np.isfinite(rho_lin) & (rho_emp > 0) & (rho_lin > 0)
     lo, hi = np.min([rho_emp[ok].min(), rho_lin[ok].min()]), np.max([rho_emp[ok].max(), rho_lin[ok].max()])
@@ -228,6 +230,8 @@ def boundary_cosine(cos_normal, cos_direction, group, groups: list):
     ax.set_xlabel("")
     fig.tight_layout()
     return fig
+
+
 # ---------------------------------------------------------------- 04-06: feature visualisation and FID
 
 def image_grid(images, row_labels: list, col_labels: list | None = None, title: str = ""):
