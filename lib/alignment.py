@@ -49,8 +49,10 @@ class BoundTerms(NamedTuple):
 
 
 class BoundaryCosine(NamedTuple):
-    normal: torch.Tensor     # (N,) cos(∇Ψ^{i*}(x), ∇(Ψ^{i*} − Ψ^j)(x_b))
+    normal: torch.Tensor     # (N,) cos(∇Ψ^{i*}(x), n(x_b)), n(x_b) = ∇(Ψ^{i*} − Ψ^j)(x_b)
     direction: torch.Tensor  # (N,) cos(∇Ψ^{i*}(x), x − x_b)
+    margin: torch.Tensor     # (N,) cos(∇(Ψ^{i*} − Ψ^j)(x), n(x_b)): the decision gradient, without the
+                             # component shared by all logits, which cancels in n
 
 
 # ---------------------------------------------------------------- gradients
@@ -292,6 +294,7 @@ def boundary_normal_cosine(model, x: torch.Tensor, x_b: torch.Tensor) -> Boundar
 
     n(x_b) = ∇(Ψ^{i*} − Ψ^j)(x_b), j the highest other class at x_b: the normal of the boundary between
     the two classes meeting there, pointing into class i*. x_b: boundary points, e.g. `min_norm_attack`.
+    Also cos(∇(Ψ^{i*} − Ψ^j)(x), n(x_b)), the same normal's direction at x.
     """
     check_images(x)
     check_images(x_b, "x_b")
@@ -300,7 +303,8 @@ def boundary_normal_cosine(model, x: torch.Tensor, x_b: torch.Tensor) -> Boundar
         logits_b = model(x_b.float())
     j = logits_b.scatter(1, pred[:, None], -math.inf).argmax(1)
     _, _, n = logit_grad(model, x_b, pred, j)
-    return BoundaryCosine(_cos(g, n), _cos(g, x - x_b))
+    _, _, gm = logit_grad(model, x, pred, j)
+    return BoundaryCosine(_cos(g, n), _cos(g, x - x_b), _cos(gm, n))
 
 
 # ---------------------------------------------------------------- everything, for a notebook
@@ -327,6 +331,7 @@ def measure(model, x: torch.Tensor, *, batch_size: int = 128, chunk: int | None 
             "bound_angle": bt.angle, "bound_beta": bt.beta, "bound_holds": bt.holds(),
             "cos_normal": torch.where(mn.success, cos.normal, nan),
             "cos_direction": torch.where(mn.success, cos.direction, nan),
+            "cos_margin": torch.where(mn.success, cos.margin, nan),
         })
     return {k: torch.cat([r[k].detach().cpu() for r in rows]) for k in rows[0]}
 
@@ -339,7 +344,7 @@ def summarize(per_sample: dict[str, torch.Tensor]) -> dict[str, float]:
     """
     out = {}
     for k in ("alpha", "alpha_cos", "rho_lin", "rho_emp", "homogeneity", "bound_angle", "bound_beta",
-              "cos_normal", "cos_direction", "x_norm"):
+              "cos_normal", "cos_direction", "cos_margin", "x_norm"):
         v = per_sample[k].double()
         v = v[torch.isfinite(v)]
         out[k] = float(v.mean()) if len(v) else math.nan

@@ -128,7 +128,7 @@ def alignment_vs_robustness(sweep: list, model: list, alpha: list, alpha_err: li
             ax.annotate(model[i], (rho_emp[i], alpha[i]), textcoords="offset points", xytext=(4, -10), fontsize=7)
         ax.set_title(f"{kind} sweep")
         ax.set_xlabel("mean robustness (L2, pixels)")
-        ax.set_ylabel("mean alignment α")
+        ax.set_ylabel("mean alignment α (± s.e.m.)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -182,7 +182,7 @@ def homogeneity_by_model(fraction, group, groups: list):
     fig, ax = plt.subplots(figsize=(1.1 * len(groups) + 2, 3.4))
     sns.boxplot(data=df, x="model", y="fraction", ax=ax, fliersize=1)
     ax.set_ylim(0, 1.02)
-    ax.set_ylabel("homogeneous fraction of Ψ^{i*}")
+    ax.set_ylabel(r"homogeneous fraction of $\Psi^{i^*}$")
     ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
     return fig
@@ -206,24 +206,26 @@ def bound_check(model: list, holds: list, rho_lin: list, alpha: list, angle: lis
     a1.plot(pos, rho_lin, "kD", label="ρ̃ (left side)")
     a1.set_yscale("log")
     a1.set_ylabel("mean over samples")
-    a1.legend(fontsize=7)
+    a1.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for ax in (a0, a1):
         ax.set_xticks(pos, model, rotation=20)
     fig.tight_layout()
     return fig
 
 
-def boundary_cosine(cos_normal, cos_direction, group, groups: list):
-    """Wang's claim: cos(∇Ψ^{i*}(x), boundary normal at x_b) and cos(∇Ψ^{i*}(x), x − x_b), per model."""
+def boundary_cosine(cos_normal, cos_direction, group, groups: list, cos_margin=None):
+    """Wang's claim: cos(∇Ψ^{i*}(x), boundary normal n(x_b)) and cos(∇Ψ^{i*}(x), x − x_b), per model;
+    optionally cos(∇(Ψ^{i*} − Ψ^j)(x), n(x_b)), the decision gradient at x."""
     import numpy as np
     import pandas as pd
 
     names = np.asarray(groups)[np.asarray(group)]
-    df = pd.concat([
-        pd.DataFrame({"model": names, "cosine": np.asarray(cos_normal), "measure": "cos(∇Ψ(x), n(x_b))"}),
-        pd.DataFrame({"model": names, "cosine": np.asarray(cos_direction), "measure": "cos(∇Ψ(x), x − x_b)"}),
-    ]).dropna()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    measures = [(cos_normal, "cos(∇Ψ(x), n(x_b))"), (cos_direction, "cos(∇Ψ(x), x − x_b)")]
+    if cos_margin is not None:
+        measures.append((cos_margin, "cos(∇(Ψⁱ−Ψʲ)(x), n(x_b))"))
+    df = pd.concat([pd.DataFrame({"model": names, "cosine": np.asarray(v), "measure": m}) for v, m in measures])
+    df = df.dropna()
+    fig, ax = plt.subplots(figsize=(2.4 * len(measures) + 1, 3.6))
     sns.violinplot(data=df, x="measure", y="cosine", hue="model", split=len(groups) == 2, inner="quart",
                    cut=0, ax=ax)
     ax.set_ylim(-1.05, 1.05)

@@ -184,6 +184,7 @@ def test_boundary_normal_cosine_affine_closed_form():
     expect = nn.functional.cosine_similarity(w[i], w[i] - w[j], dim=1)
     assert torch.allclose(cos.normal, expect, atol=1e-5)
     assert torch.allclose(cos.direction, expect, atol=1e-2)  # x − x_b is the normal of the nearest facet
+    assert torch.allclose(cos.margin, torch.ones(16), atol=1e-5)  # an affine model's normal is the same everywhere
 
 
 def test_modes_rng_and_bad_input_untouched():
@@ -194,7 +195,9 @@ def test_modes_rng_and_bad_input_untouched():
     out = al.measure(model, x, progress=False, steps=5, bisect_steps=2)
     assert model.training and all(m.training for m in model.modules())
     assert torch.equal(state, torch.get_rng_state())
-    assert set(out) >= {"alpha", "rho_lin", "rho_emp", "homogeneity", "bound_holds", "cos_normal"}
+    assert set(out) >= {"alpha", "rho_lin", "rho_emp", "homogeneity", "bound_holds", "cos_normal", "cos_margin"}
+    summary = al.summarize(out)
+    assert summary["bound_holds_frac"] == 1.0 and summary["rho_emp_success"] == 1.0
     assert all(v.shape == (4,) for v in out.values())
     with pytest.raises(ValueError, match=r"\[0,1\]"):
         al.alignment(model, x * 2)
