@@ -37,22 +37,39 @@ def _gen(seed: int, device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
-def _grad_sum(model, n: int, total: int, make, target: torch.Tensor, batch_size: int | None) -> torch.Tensor:
-    """Σ_f w_f ∇F_{target[i_f]}(z_f), summed per image i_f, over `total` samples made in chunks.
+def _chunks(n: int, steps: int, batch_size: int | None):
+    """Blocks (k0, k1, i0, i1) of steps × images with at most batch_size points: whole steps when
+    batch_size >= n (as captum batches), else slices of images within one step."""
+    bs = n * steps if batch_size is None else max(1, int(batch_size))
+    if bs >= n:
+        per = bs // n
+        for k0 in range(0, steps, per):
+            yield k0, min(steps, k0 + per), 0, n
+    else:
+        for k in range(steps):
+            for i0 in range(0, n, bs):
+                yield k, k + 1, i0, min(n, i0 + bs)
 
-    make(lo, hi) -> (z (B,C,H,W), i (B,) image index, w (B,) weight). Memory ∝ batch_size.
+
+def _path_sum(model, n: int, steps: int, target: torch.Tensor, batch_size: int | None, points) -> torch.Tensor:
+    """Σ_k w_k · m_k ⊙ ∇F_target(z_k) per image, over `steps` points per image, batch by batch.
+
+    points(k0, k1, i0, i1) -> (z (K·I,C,H,W) step-major, w (K·I,) or None, m (K·I,C,H,W) or None).
+    The weights ride on the backward pass; the sum over steps is a reshape, not a scatter.
     """
-    bs = total if batch_size is None else max(1, int(batch_size))
     acc = None
     with eval_mode(model), torch.enable_grad():
-        for lo in range(0, total, bs):
-            z, i, w = make(lo, min(total, lo + bs))
+        for k0, k1, i0, i1 in _chunks(n, steps, batch_size):
+            z, w, mult = points(k0, k1, i0, i1)
             z = z.detach().float().requires_grad_(True)
-            logit = model(z).float().gather(1, target[i][:, None]).squeeze(1)
-            (g,) = torch.autograd.grad((logit * w).sum(), z)
+            tgt = target[i0:i1].repeat(k1 - k0)
+            logit = model(z).float().gather(1, tgt[:, None]).squeeze(1)
+            (g,) = torch.autograd.grad(logit.sum() if w is None else (logit * w).sum(), z)
+            if mult is not None:
+                g = g * mult
             if acc is None:
                 acc = torch.zeros((n, *g.shape[1:]), dtype=torch.float32, device=g.device)
-            acc.index_add_(0, i, g)
+            acc[i0:i1] += g.view(k1 - k0, i1 - i0, *g.shape[1:]).sum(0)
     return acc
 
 
@@ -82,27 +99,29 @@ def _target_logit(model, x, target):
 
 # ---------------------------------------------------------------- gradient methods
 
-def saliency(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def saliency(model, x: torch.Tensor, target: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
     """∇_x F_target(x): (N,C,H,W)."""
     target = _check(x, target)
-    n = len(x)
-    return _grad_sum(model, n, n, lambda lo, hi: (x[lo:hi], torch.arange(lo, hi, device=x.device),
-                                                  torch.ones(hi - lo, device=x.device)), target, None)
+    return _path_sum(model, len(x), 1, target, batch_size, lambda k0, k1, i0, i1: (x[i0:i1], None, None))
 
 
 def smoothgrad(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 50, sigma: float = 0.15,
                seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
-    """Mean gradient over x + N(0, σ²) (σ in pixel units, noise not clipped): (N,C,H,W)."""
+    """Mean gradient over x + N(0, σ²) (σ in pixel units, noise not clipped): (N,C,H,W).
+
+    The noise is drawn sample by sample for all images, so results do not depend on batch_size.
+    """
     target = _check(x, target)
-    n, gen = len(x), _gen(seed, x.device)
-    noise_shape = x.shape[1:]
+    x, gen, drawn = x.float(), _gen(seed, x.device), {}
 
-    def make(lo, hi):
-        i = torch.arange(lo, hi, device=x.device) % n
-        eps = torch.randn((hi - lo, *noise_shape), generator=gen, device=x.device)
-        return x[i] + sigma * eps, i, torch.full((hi - lo,), 1.0 / samples, device=x.device)
+    def points(k0, k1, i0, i1):
+        if (k0, k1) not in drawn:
+            drawn.clear()
+            drawn[(k0, k1)] = torch.randn((k1 - k0, *x.shape), generator=gen, device=x.device)
+        z = x[None, i0:i1] + sigma * drawn[(k0, k1)][:, i0:i1]
+        return z.flatten(0, 1), None, None
 
-    return _grad_sum(model, n, n * samples, make, target, batch_size)
+    return _path_sum(model, len(x), samples, target, batch_size, points) / samples
 
 
 def make_baseline(x: torch.Tensor, baseline=None, seed: int = 0) -> torch.Tensor:
@@ -160,13 +179,12 @@ def integrated_gradients(model, x: torch.Tensor, target: torch.Tensor, *, baseli
     alphas, w = (t.to(x.device) for t in quadrature(steps, rule))
     n, diff = len(x), x - base
 
-    def make(lo, hi):  # flat index f = step·N + image, as captum orders its expansion
-        f = torch.arange(lo, hi, device=x.device)
-        i, k = f % n, f // n
-        a = alphas[k].view(-1, *([1] * (x.ndim - 1)))
-        return base[i] + a * diff[i], i, w[k]
+    def points(k0, k1, i0, i1):  # step-major, as captum orders its expansion
+        a = alphas[k0:k1].view(-1, *([1] * x.ndim))
+        z = base[None, i0:i1] + a * diff[None, i0:i1]
+        return z.flatten(0, 1), w[k0:k1].repeat_interleave(i1 - i0), None
 
-    return diff * _grad_sum(model, n, n * steps, make, target, batch_size)
+    return diff * _path_sum(model, n, steps, target, batch_size, points)
 
 
 def completeness_error(model, x: torch.Tensor, target: torch.Tensor, phi: torch.Tensor, baseline=None,
@@ -187,20 +205,14 @@ def expected_gradients(model, x: torch.Tensor, target: torch.Tensor, *, backgrou
     n, gen = len(x), _gen(seed, "cpu")
     idx = torch.randint(len(bg), (samples, n), generator=gen).to(x.device)
     alpha = torch.rand((samples, n), generator=gen).to(x.device)
-    shape = [-1] + [1] * (x.ndim - 1)
 
-    # flat index f = sample·N + image. (x − x′) differs per sample, so it multiplies per-sample gradients.
-    total = n * samples
-    bs = total if batch_size is None else max(1, int(batch_size))
-    phi = torch.zeros_like(x)
-    for lo in range(0, total, bs):
-        hi = min(total, lo + bs)
-        f = torch.arange(lo, hi, device=x.device)
-        i, s = f % n, f // n
-        b = bg[idx[s, i]]
-        g, _ = _grads(model, b + alpha[s, i].view(shape) * (x[i] - b), target[i])
-        phi.index_add_(0, i, g * (x[i] - b))
-    return phi / samples
+    def points(k0, k1, i0, i1):  # (x − x′) differs per sample, so it multiplies each gradient
+        b = bg[idx[k0:k1, i0:i1]]  # (K, I, C, H, W)
+        a = alpha[k0:k1, i0:i1].view(k1 - k0, i1 - i0, *([1] * (x.ndim - 1)))
+        d = x[None, i0:i1] - b
+        return (b + a * d).flatten(0, 1), None, d.flatten(0, 1)
+
+    return _path_sum(model, n, samples, target, batch_size, points) / samples
 
 
 def shap_values(model, x: torch.Tensor, target: torch.Tensor, *, background: torch.Tensor, samples: int = 200,
@@ -245,7 +257,11 @@ class _Select(torch.nn.Module):
 
 
 def deeplift(model, x: torch.Tensor, target: torch.Tensor, *, baseline=None, seed: int = 0) -> torch.Tensor:
-    """captum's DeepLift (Rescale rule) relative to `baseline` (see `make_baseline`): (N,C,H,W)."""
+    """captum's DeepLift (Rescale rule) relative to `baseline` (see `make_baseline`): (N,C,H,W).
+
+    captum's MaxPool rule is not conservative (multipliers are undefined where the pool input
+    equals its reference), so on max-pooling nets Σφ ≠ F(x) − F(x′); `completeness_error` shows it.
+    """
     import warnings
 
     from captum.attr import DeepLift
@@ -448,8 +464,6 @@ def explain(model, x: torch.Tensor, target: torch.Tensor, cfg: dict, *, backgrou
     """Run every method of cfg["methods"] with the parameters of a profile's `attributions` section."""
     import time
 
-    from tqdm.auto import tqdm
-
     unknown = set(cfg["methods"]) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown attribution methods {sorted(unknown)}; known: {', '.join(METHODS)}")
@@ -479,7 +493,7 @@ def explain(model, x: torch.Tensor, target: torch.Tensor, cfg: dict, *, backgrou
         "bdt": lambda: bdt(model, x, target, boundary),
     }
     maps = {}
-    for name in tqdm(cfg["methods"], desc="attributions", leave=False):
+    for name in cfg["methods"]:
         t0 = time.perf_counter()
         maps[name] = run[name]().detach().float()
         seconds[name] = time.perf_counter() - t0
@@ -504,3 +518,31 @@ def per_image_metrics(model, x: torch.Tensor, target: torch.Tensor, exp: Explana
             row["completeness"] = torch.where(phi.flatten(1).isnan().any(1), torch.nan, rel)
         out[name] = row
     return out
+
+
+def sample_images(ds, n: int, seed: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n images drawn from `ds` by `seed`: (x (n,C,H,W) in [0,1], labels (n,), dataset indices (n,))."""
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    items = [ds[int(i)] for i in idx]
+    x = torch.stack([im for im, _ in items]).to(device)
+    return x, torch.tensor([int(label) for _, label in items], device=device), idx
+
+
+def grid_rows(y: torch.Tensor, preds: dict, n_rows: int, n_wrong: int) -> list[int]:
+    """Rows for a figure grid: up to n_wrong images some model gets wrong, the rest right, in draw order."""
+    wrong = torch.stack([p != y for p in preds.values()]).any(0).cpu()
+    bad = wrong.nonzero().flatten()[:n_wrong]
+    good = (~wrong).nonzero().flatten()[:n_rows - len(bad)]
+    return sorted(torch.cat([good, bad]).tolist())
+
+
+def metric_records(per_image: dict) -> list[dict]:
+    """{model: {method: {metric: (N,)}}} → long rows {model, method, image, metric...} for a DataFrame."""
+    rows = []
+    for model, methods in per_image.items():
+        for method, metrics in methods.items():
+            n = len(next(iter(metrics.values())))
+            for i in range(n):
+                rows.append({"model": model, "method": method, "image": i,
+                             **{k: float(v[i]) for k, v in metrics.items()}})
+    return rows

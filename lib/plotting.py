@@ -321,3 +321,71 @@ def fd_per_class(classes: list, name: list, values, label: str):
     ax.set_xlabel("")
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------- notebook 02: attributions
+
+def attribution_grid(images, maps, models: list, row_labels: list, method: str, pct: float = 99.0):
+    """Paper-style grid. images: (R,C,H,W) in [0,1]; maps: (M,R,H,W) signed per-pixel attributions
+    (NaN: none, e.g. no boundary point). Columns: the image, then per model its heatmap and its
+    overlay on the image; diverging colormap centred at 0, each map scaled to its own `pct`
+    percentile of |φ| (red: evidence for the explained class, blue: against)."""
+    import numpy as np
+    from matplotlib.colors import Normalize
+
+    images, maps = np.asarray(images, dtype=float), np.asarray(maps, dtype=float)
+    n_rows, n_models = images.shape[0], maps.shape[0]
+    cmap = plt.get_cmap("RdBu_r")
+    ncols = 1 + 2 * n_models
+    fig, axes = plt.subplots(n_rows, ncols, figsize=(1.15 * ncols + 1.0, 1.15 * n_rows + 0.7), squeeze=False)
+    for r in range(n_rows):
+        img = images[r].transpose(1, 2, 0)
+        gray = img.mean(-1)
+        axes[r, 0].imshow(img if img.shape[-1] == 3 else gray, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axes[r, 0].set_ylabel(row_labels[r], fontsize=6, rotation=0, ha="right", va="center")
+        for m in range(n_models):
+            a, ax_map, ax_ov = maps[m, r], axes[r, 1 + 2 * m], axes[r, 2 + 2 * m]
+            if np.isnan(a).all():
+                for ax in (ax_map, ax_ov):
+                    ax.text(0.5, 0.5, "no boundary\npoint found", ha="center", va="center", fontsize=5,
+                            transform=ax.transAxes)
+                continue
+            v = max(float(np.nanpercentile(np.abs(a), pct)), 1e-12)
+            ax_map.imshow(a, cmap=cmap, vmin=-v, vmax=v, interpolation="nearest")
+            ax_ov.imshow(gray, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            rgba = cmap(np.clip(a / v, -1, 1) * 0.5 + 0.5)
+            rgba[..., 3] = np.clip(np.abs(a) / v, 0, 1) * 0.9  # transparent where |φ| is small
+            ax_ov.imshow(rgba, interpolation="nearest")
+    titles = ["image"] + [t for name in models for t in (name, f"{name} overlay")]
+    for ax, title in zip(axes[0], titles):
+        ax.set_title(title, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_visible(False)
+    fig.suptitle(method, fontsize=9)
+    fig.subplots_adjust(wspace=0.04, hspace=0.06, bottom=0.08)
+    cax = fig.add_axes([0.35, 0.03, 0.4, 0.012])
+    bar = fig.colorbar(plt.cm.ScalarMappable(Normalize(-1, 1), cmap), cax=cax, orientation="horizontal")
+    bar.set_label(f"φ / {pct:g}th percentile of |φ|", fontsize=6)
+    bar.ax.tick_params(labelsize=6)
+    return fig
+
+
+def attribution_metrics(model: list, method: list, gini: list, top5: list):
+    """Mean ± std over images of the Gini index of |φ| and the top-5% mass share, per method × model."""
+    import pandas as pd
+
+    df = pd.DataFrame({"model": model, "method": method, "Gini of |φ|": gini, "top-5% mass share": top5})
+    fig, axes = plt.subplots(1, 2, figsize=(0.5 * df["method"].nunique() * 2 + 3, 3.2), sharex=True)
+    for ax, col in zip(axes, ["Gini of |φ|", "top-5% mass share"]):
+        sns.barplot(data=df, x="method", y=col, hue="model", errorbar="sd", capsize=0.15, err_kws={"linewidth": 1},
+                    ax=ax)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=45)
+        if ax is not axes[-1]:
+            ax.get_legend().remove()
+    fig.tight_layout()
+    return fig
