@@ -147,7 +147,7 @@ def test_linearized_robustness_equals_slow_loop_and_chunking(monkeypatch):
     ref = slow_linearized(model, x)
     for chunk in (None, 1, 3):
         assert torch.allclose(al.linearized_robustness(model, x, chunk=chunk), ref, rtol=1e-4)
-    monkeypatch.setattr(al, "CHUNK_BYTES", 4 * 8 * 64 * 2)  # auto chunk of 2 classes
+    monkeypatch.setattr(al, "CHUNK_BYTES", {"cpu": 4 * 8 * 64 * 2, "other": 1})  # auto chunk of 2 classes
     assert torch.allclose(al.linearized_robustness(model, x), ref, rtol=1e-4)
 
 
@@ -201,3 +201,22 @@ def test_modes_rng_and_bad_input_untouched():
     assert all(v.shape == (4,) for v in out.values())
     with pytest.raises(ValueError, match=r"\[0,1\]"):
         al.alignment(model, x * 2)
+
+
+# ---------------------------------------------------------------- notebook 03 at smoke (shared pipeline run)
+
+@pytest.mark.slow
+def test_notebook_03_smoke_metrics(smoke_run):
+    from lib.results import load_metrics
+
+    m = load_metrics(smoke_run, "03_alignment")
+    for kind in ("pgd", "gradnorm"):
+        assert -1 <= m["spearman"][kind] <= 1
+    for key in ("standard", "robust"):
+        assert -1 <= m["boundary_cosine"][key] <= 1
+    for key, row in m["per_model"].items():
+        assert {"alpha", "rho_lin", "rho_emp", "homogeneity", "bound_holds_frac"} <= set(row), key
+        assert row["bound_holds_frac"] == 1.0  # a theorem: it must hold on every sample
+        assert row["rho_emp_success"] == 1.0
+        assert 0 <= row["homogeneity"] <= 1
+        assert 0.5 < row["rho_lin_over_emp_median"] < 2
