@@ -132,7 +132,7 @@ def linearize(model, x: torch.Tensor, *, chunk: int | None = None) -> Linearized
             v[:, rows, pred] -= 1.0  # row j: ∇(Ψ^j − Ψ^{i*}); zero for j = i*
             (jac,) = torch.autograd.grad(logits, xg, v, retain_graph=True, is_grads_batched=True)
             norms = jac.reshape(len(cls), n, d).norm(dim=2).T  # (N, c)
-            ratio = (gap[:, cls] / norms).nan_to_num(nan=math.inf)  # 0/0: a tie that never separates
+            ratio = (gap[:, cls] / norms).nan_to_num(nan=math.inf, posinf=math.inf)  # 0/0: a tie that never separates
             ratio[cls[None, :] == pred[:, None]] = math.inf
             val, arg = ratio.min(1)
             better = val < best
