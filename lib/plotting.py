@@ -364,28 +364,36 @@ def attribution_grid(images, maps, models: list, row_labels: list, method: str, 
         ax.set_yticks([])
         for s in ax.spines.values():
             s.set_visible(False)
-    fig.suptitle(method, fontsize=9)
-    fig.subplots_adjust(wspace=0.04, hspace=0.06, bottom=0.08)
-    cax = fig.add_axes([0.35, 0.03, 0.4, 0.012])
+    height = fig.get_figheight()
+    fig.suptitle(method, fontsize=9, y=1 - 0.08 / height)
+    fig.subplots_adjust(wspace=0.04, hspace=0.06, top=1 - 0.45 / height, bottom=0.55 / height)
+    cax = fig.add_axes([0.35, 0.2 / height, 0.4, 0.08 / height])
     bar = fig.colorbar(plt.cm.ScalarMappable(Normalize(-1, 1), cmap), cax=cax, orientation="horizontal")
     bar.set_label(f"φ / {pct:g}th percentile of |φ|", fontsize=6)
     bar.ax.tick_params(labelsize=6)
     return fig
 
 
-def attribution_metrics(model: list, method: list, gini: list, top5: list):
-    """Mean ± std over images of the Gini index of |φ| and the top-5% mass share, per method × model."""
+ATTRIBUTION_METRICS = {"gini": "Gini of |φ|", "top5": "top-5% mass share", "coherence": "spatial coherence",
+                       "positive": "positive share", "object": "mass on object"}
+
+
+def attribution_metrics(model: list, method: list, **values):
+    """Mean ± std over images of each metric in `values` (one value per row), per method × model."""
     import pandas as pd
 
-    df = pd.DataFrame({"model": model, "method": method, "Gini of |φ|": gini, "top-5% mass share": top5})
-    fig, axes = plt.subplots(1, 2, figsize=(0.5 * df["method"].nunique() * 2 + 3, 3.2), sharex=True)
-    for ax, col in zip(axes, ["Gini of |φ|", "top-5% mass share"]):
+    df = pd.DataFrame({"model": model, "method": method, **values})
+    names = list(values)
+    fig, axes = plt.subplots(len(names), 1, figsize=(0.45 * df["method"].nunique() + 2.5, 2.1 * len(names)),
+                             sharex=True, squeeze=False)
+    for ax, col in zip(axes[:, 0], names):
         sns.barplot(data=df, x="method", y=col, hue="model", errorbar="sd", capsize=0.15, err_kws={"linewidth": 1},
                     ax=ax)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(min(0.0, float(df[col].min())), 1)
         ax.set_xlabel("")
-        ax.tick_params(axis="x", rotation=45)
-        if ax is not axes[-1]:
+        ax.set_ylabel(ATTRIBUTION_METRICS.get(col, col), fontsize=8)
+        if ax is not axes[0, 0]:
             ax.get_legend().remove()
+    axes[-1, 0].tick_params(axis="x", rotation=45)
     fig.tight_layout()
     return fig
