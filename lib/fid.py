@@ -111,6 +111,8 @@ def domain_extractor(profile: dict, spec: dict, run_dir: str | Path, *, device="
                          "or training settings")
     base = profiles.model_config(profile, "standard")
     cfg = {**base, **spec, "mode": "standard"}
+    # a feature extractor needs no robustness evaluation: eps 0 makes val/test PGD a no-op (clean accuracy)
+    cfg["eval"] = {**cfg["eval"], "eps": 0.0, "steps": 0, "val_steps": 0}
     if cfg["seed"] == base["seed"] or (cfg["arch"], cfg["arch_kwargs"]) == (base["arch"], base["arch_kwargs"]):
         raise ValueError("the fd extractor must differ from the standard model in both seed and architecture "
                          "(set `seed` and `arch`/`arch_kwargs` in the profile's fid.extractor)")

@@ -313,9 +313,18 @@ def fd_per_class(classes: list, name: list, values, label: str):
     import pandas as pd
 
     values = np.asarray(values, dtype=float)
+    if len(classes) > 20:  # many classes (ImageNet-150): each set's per-class values, sorted
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        for n, v in zip(name, values):
+            ax.plot(np.sort(v), label=n)
+        ax.set_xlabel("classes, sorted by value")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        return fig
     df = pd.DataFrame({"class": np.tile(classes, len(name)), "set": np.repeat(name, len(classes)),
                        label: values.ravel()})
-    fig, ax = plt.subplots(figsize=(0.55 * len(classes) * len(name) / 2 + 2.5, 3.2))
+    fig, ax = plt.subplots(figsize=(min(0.3 * len(classes) * len(name) + 2.5, 12), 3.2))
     sns.barplot(data=df, x="class", y=label, hue="set", ax=ax)
     ax.tick_params(axis="x", rotation=30)
     ax.set_xlabel("")

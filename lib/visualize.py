@@ -106,6 +106,17 @@ def _feature_index(index, n: int, device) -> torch.Tensor:
     return idx.view(1, -1).expand(n, -1)
 
 
+def pick_seeds(model, pool: torch.Tensor, coords, k: int) -> torch.Tensor:
+    """For each coordinate, the k images of `pool` on which R(x)_coord is largest: a ReLU unit that is
+    0 at its seed has zero gradient and would never move. pool: (P,C,H,W) in [0,1].
+    Returns (len(coords)·k, C,H,W), grouped by coordinate."""
+    check_images(pool, "pool")
+    with torch.no_grad(), eval_mode(model):
+        acts = model.features(pool)[:, torch.as_tensor(coords, device=pool.device).long()]
+    best = acts.topk(min(k, len(pool)), dim=0).indices  # (k, len(coords))
+    return pool[best.T.reshape(-1)]
+
+
 def representations(model, dataset, *, batch_size: int = 256, device=None, progress: bool = False) -> torch.Tensor:
     """R(x) of every image of `dataset` (items (image, label)): (len(dataset), D) float on the CPU."""
     device = device or next(model.parameters()).device
@@ -150,30 +161,56 @@ def top_activating(model, dataset, index: int, k: int, *, feats: torch.Tensor | 
 
 # ---------------------------------------------------------------- class-conditional seeds and generation
 
-def class_seeds(dataset, cls: int, n: int, *, grain: int | None = None, seed: int = 0,
-                shrinkage: float = 0.01) -> torch.Tensor:
-    """n images drawn from a multivariate normal fitted to class `cls` of `dataset` (pass the train split).
+@dataclass
+class PixelNormal:
+    """A multivariate normal over images: fitted on `shape` = (C, g, g) block means, drawn at `size`."""
 
-    grain: fit the normal at grain×grain resolution (block means) and upsample the draws by
-    repetition, as in MadryLab's recipe; None fits at full resolution.
-    shrinkage: Σ ← (1−s)·Σ + s·(tr Σ / d)·I, so a singular covariance (constant border pixels,
-    fewer images than pixels) still has a Cholesky factor.
-    Seeded by `seed` alone (global RNGs untouched). Returns (n,C,H,W) float in [0,1].
+    mean: torch.Tensor   # (d,) float64
+    chol: torch.Tensor   # (d, d) Cholesky factor of the shrunk covariance
+    shape: tuple
+    size: tuple          # (H, W) of the draws
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """n draws, upsampled by repetition to `size` and clipped to [0,1]: (n,C,H,W). Seeded by `seed` alone."""
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, len(self.mean), generator=gen, dtype=torch.float64)
+        draws = (self.mean + z @ self.chol.T).float().view(n, *self.shape)
+        if tuple(self.shape[-2:]) != tuple(self.size):
+            draws = _upsample(draws, self.size)
+        return draws.clamp(0, 1)
+
+
+def fit_pixel_normal(dataset, cls: int | None, *, grain: int | None = None, shrinkage: float = 0.01,
+                     max_images: int | None = None, seed: int = 0) -> PixelNormal:
+    """Fit a normal to the images of class `cls` of `dataset` (pass the train split); cls=None: all images.
+
+    grain: fit at grain×grain resolution (block means), as in MadryLab's recipe; None: full resolution.
+    shrinkage: Σ ← (1−s)·Σ + s·(tr Σ / d)·I, so a singular covariance (constant border pixels, fewer
+    images than pixels) still has a Cholesky factor.
+    max_images: fit on a random subset (seeded by `seed`) of at most this many images.
     """
-    x = _class_images(dataset, cls)
-    _, c, h, w = x.shape
+    idx = torch.arange(len(dataset)) if cls is None else class_indices(dataset, cls)
+    if max_images and len(idx) > max_images:
+        gen = torch.Generator().manual_seed(seed)
+        idx = idx[torch.randperm(len(idx), generator=gen)[:max_images]].sort().values
+    x = stack_images(dataset, idx)
     low = _downsample(x, grain) if grain else x
     flat = low.flatten(1).double()
     if flat.shape[1] > MAX_SEED_DIMS:
         raise ValueError(f"a full-resolution normal over {flat.shape[1]} pixels is too large; pass grain "
                          f"(e.g. grain=8) to fit it at a coarse resolution")
     mu, chol = _fit_normal(flat, shrinkage)
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, flat.shape[1], generator=gen, dtype=torch.float64)
-    draws = (mu + z @ chol.T).float().view(n, *low.shape[1:])
-    if grain:
-        draws = _upsample(draws, (h, w))
-    return draws.clamp(0, 1)
+    return PixelNormal(mu, chol, tuple(low.shape[1:]), tuple(x.shape[-2:]))
+
+
+def class_seeds(dataset, cls: int | None, n: int, *, grain: int | None = None, seed: int = 0,
+                shrinkage: float = 0.01, max_images: int | None = None) -> torch.Tensor:
+    """n images drawn from a multivariate normal fitted to class `cls` of `dataset` (pass the train split);
+    cls=None fits all images (data-like noise, e.g. feature-visualisation seeds). See `fit_pixel_normal`.
+    Seeded by `seed` alone (global RNGs untouched). Returns (n,C,H,W) float in [0,1].
+    """
+    fit = fit_pixel_normal(dataset, cls, grain=grain, shrinkage=shrinkage, max_images=max_images, seed=seed)
+    return fit.sample(n, seed)
 
 
 def _fit_normal(flat: torch.Tensor, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,17 +243,27 @@ def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="nearest")
 
 
+def fit_class_normals(dataset, *, grain: int | None = None, shrinkage: float = 0.01,
+                      max_images: int | None = None, classes=None) -> dict[int, PixelNormal]:
+    """`fit_pixel_normal` for every class (default: all of `dataset.classes`); fit once, draw many times."""
+    classes = range(len(dataset.classes)) if classes is None else classes
+    return {int(c): fit_pixel_normal(dataset, int(c), grain=grain, shrinkage=shrinkage, max_images=max_images)
+            for c in tqdm(classes, desc="class normals", disable=len(classes) < 50, leave=False)}
+
+
 def class_seed_set(dataset, per_class: int, *, grain: int | None = None, seed: int = 0, shrinkage: float = 0.01,
-                   classes=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`class_seeds` for every class (default: all of `dataset.classes`), per_class each.
+                   max_images: int | None = None, classes=None,
+                   normals: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """per_class seeds of every class: draws from `normals` (from `fit_class_normals`; fitted here if None).
 
     Returns seeds (K·per_class, C,H,W) in [0,1] and their classes (K·per_class,), grouped by class.
     Class c draws with seed `seed·10007 + c`, so classes and seeds never share a noise stream.
     """
-    classes = range(len(dataset.classes)) if classes is None else classes
+    if normals is None:
+        normals = fit_class_normals(dataset, grain=grain, shrinkage=shrinkage, max_images=max_images, classes=classes)
     xs, ys = [], []
-    for c in classes:
-        xs.append(class_seeds(dataset, c, per_class, grain=grain, seed=seed * 10007 + c, shrinkage=shrinkage))
+    for c, fit in normals.items():
+        xs.append(fit.sample(per_class, seed * 10007 + c))
         ys.append(torch.full((per_class,), c, dtype=torch.long))
     return torch.cat(xs), torch.cat(ys)
 

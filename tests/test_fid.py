@@ -147,3 +147,14 @@ def test_domain_extractor_is_independent_cached_and_labelled(tmp_path):
         fid.domain_extractor(prof, {"arch_kwargs": {"width": 4}}, tmp_path)
     with pytest.raises(ValueError, match="unknown"):
         fid.domain_extractor(prof, {"widht": 4}, tmp_path)
+
+
+@pytest.mark.slow
+def test_smoke_notebook_metrics(smoke_run):
+    import json
+
+    m = json.loads((smoke_run / "metrics" / "06_fid.json").read_text())["metrics"]
+    assert m["fd_name"].startswith("FD-")  # 8×8 digits: never labelled FID
+    for key in ("real", "standard", "robust"):
+        assert m["fd"][key] > 0 and m["fd_std"][key] >= 0 and len(m["per_class"][key]) == 10
+    assert m["fd"]["real"] < min(m["fd"]["standard"], m["fd"]["robust"])  # real images are the floor

@@ -115,3 +115,41 @@ def test_class_seeds_grain_seeding_and_singular_covariance(digits):
         V.class_seeds(train, 2, 5, grain=20)
     with pytest.raises(ValueError, match="no images of class"):
         V.class_seeds(train, 11, 5)
+
+
+@pytest.mark.slow
+def test_smoke_notebook_metrics(smoke_run):
+    import json
+
+    inv = json.loads((smoke_run / "metrics" / "04_inversion.json").read_text())["metrics"]
+    for key in ("standard", "robust"):
+        assert inv["relative_distance"][key]["inverted"] < inv["relative_distance"][key]["source"]
+        assert inv["feature_distance"][key] < inv["feature_distance"]["source"]  # closer to the target
+    assert isinstance(inv["feature_distance_extractor"], str)
+    gen = json.loads((smoke_run / "metrics" / "05_generation.json").read_text())["metrics"]["models"]
+    for key in ("standard", "robust"):
+        assert gen[key]["target logit (generated)"] > gen[key]["target logit (seed)"]
+
+
+def test_pick_seeds_starts_each_unit_where_it_is_active(net, digits):
+    train, _ = digits
+    pool = V.class_seeds(train, None, 32, seed=0, max_images=500)  # a normal fitted to all classes
+    with torch.no_grad():
+        acts = net.features(pool)
+    coords = [0, 5, 9]
+    seeds = V.pick_seeds(net, pool, coords, 2)
+    assert seeds.shape == (6, 1, 8, 8)
+    with torch.no_grad():
+        got = net.features(seeds).view(3, 2, -1)
+    for i, c in enumerate(coords):
+        torch.testing.assert_close(got[i, 0, c], acts[:, c].max())
+
+
+def test_class_seed_set_reuses_fitted_normals(digits):
+    train, _ = digits
+    normals = V.fit_class_normals(train, grain=4, classes=[1, 7])
+    a, ya = V.class_seed_set(train, 3, grain=4, seed=5, classes=[1, 7])
+    b, yb = V.class_seed_set(train, 3, seed=5, normals=normals)
+    torch.testing.assert_close(a, b)
+    assert ya.tolist() == yb.tolist() == [1, 1, 1, 7, 7, 7]
+    torch.testing.assert_close(b[:3], V.class_seeds(train, 1, 3, grain=4, seed=5 * 10007 + 1))
