@@ -38,12 +38,11 @@ def main(argv=None) -> None:
     p.add_argument("--run-dir", default=None)
     p.add_argument("--fig-dir", default=None)
     a = p.parse_args(argv)
-    name = profiles.load(a.profile)["name"]
-    run_dir = Path(a.run_dir) if a.run_dir else profiles.ROOT / "runs" / name
-    fig_dir = Path(a.fig_dir) if a.fig_dir else profiles.ROOT / "figures" / name
+    prof = profiles.load(a.profile)
+    run_dir, fig_dir = profiles.run_dirs(prof["name"], a.run_dir, a.fig_dir)
     t0 = time.time()
     paths = redraw(run_dir, fig_dir)
-    md, _ = report.write(run_dir, fig_dir, profiles.load(a.profile))
+    md, _ = report.write(run_dir, fig_dir, prof)
     print(f"redrew {len(paths)} figures into {fig_dir} and wrote {md} in {time.time() - t0:.1f} s")
 
 

@@ -44,7 +44,7 @@ def run(profile: str, *, only: list[str] | None = None, device: str = "auto", ru
     import papermill as pm
 
     prof = profiles.load(profile)  # fail fast on an unknown profile, before any work
-    run_dir = Path(run_dir) if run_dir else profiles.ROOT / "runs" / prof["name"]
+    run_dir, figs = profiles.run_dirs(prof["name"], run_dir, fig_dir)
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"PROFILE": profile, "DEVICE": device, "RUN_DIR": str(run_dir),
@@ -65,7 +65,7 @@ def run(profile: str, *, only: list[str] | None = None, device: str = "auto", ru
         log(f"[{i}/{len(books)}] {nb.stem} done in {timings[nb.stem]:.0f} s", flush=True)
         write_json(run_dir / "timings.json", timings)
     summary = summarize(run_dir, device=device)
-    md, page = report.write(run_dir, Path(fig_dir) if fig_dir else profiles.ROOT / "figures" / prof["name"], prof)
+    md, page = report.write(run_dir, figs, prof)
     log(f"report: {md} and {page.name}", flush=True)
     return summary
 

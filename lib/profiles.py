@@ -74,6 +74,11 @@ def model_dir(run_dir: str | Path, profile: dict, key: str) -> Path:
     return Path(run_dir) / "models" / f"{key}-{config_hash(model_config(profile, key))}"
 
 
+def run_dirs(name: str, run_dir=None, fig_dir=None) -> tuple[Path, Path]:
+    """(run folder, figure folder) of profile `name`: runs/<name> and figures/<name> unless given."""
+    return (Path(run_dir) if run_dir else ROOT / "runs" / name, Path(fig_dir) if fig_dir else ROOT / "figures" / name)
+
+
 class Context:
     """What every notebook derives from its parameters cell: profile, folders, device."""
 
@@ -83,8 +88,7 @@ class Context:
 
         self.profile = load(profile)
         self.name = self.profile["name"]
-        self.run_dir = Path(run_dir) if run_dir else ROOT / "runs" / self.name
-        self.fig_dir = Path(fig_dir) if fig_dir else ROOT / "figures" / self.name
+        self.run_dir, self.fig_dir = run_dirs(self.name, run_dir, fig_dir)
         self.data_root = Path(data_root) if data_root else ROOT / "data"
         self.device = resolve_device(device)
         self.seed = seed

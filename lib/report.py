@@ -185,9 +185,7 @@ def main(argv=None) -> None:
     p.add_argument("--fig-dir", default=None)
     a = p.parse_args(argv)
     prof = profiles.load(a.profile)
-    run_dir = Path(a.run_dir) if a.run_dir else profiles.ROOT / "runs" / prof["name"]
-    fig_dir = Path(a.fig_dir) if a.fig_dir else profiles.ROOT / "figures" / prof["name"]
-    for path in write(run_dir, fig_dir, prof):
+    for path in write(*profiles.run_dirs(prof["name"], a.run_dir, a.fig_dir), prof):
         print(path)
 
 
