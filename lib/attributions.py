@@ -373,8 +373,9 @@ def agi(model, x: torch.Tensor, target: torch.Tensor, *, steps: int = 20, step_s
 
     For each false class j (`classes` drawn per image with `seed`, None: all), a targeted PGD
     path runs from x toward j and stops once the prediction is j; φ sums −∇F_target ⊙ dγ along
-    every path (trapezoid per step), so Σφ = Σ_j F_target(x) − F_target(path end). Memory ∝
-    steps · N · classes images.
+    every path (trapezoid per step), so Σφ = Σ_j F_target(x) − F_target(path end). Pan et al.
+    explain the softmax probability; we explain the logit, like every method here. Images go
+    in groups of batch_size // classes paths; memory ∝ (steps + 1) · group · classes images.
     """
     target = _check(x, target)
     x = x.float()
@@ -382,8 +383,15 @@ def agi(model, x: torch.Tensor, target: torch.Tensor, *, steps: int = 20, step_s
     k = k_all - 1 if classes is None else max(1, min(int(classes), k_all - 1))
     score = torch.rand((n, k_all), generator=_gen(seed, "cpu")).to(x.device)
     score[torch.arange(n), target] = 2.0  # never pick the target itself
-    j = score.argsort(1)[:, :k].flatten()
-    xr, tr = x.repeat_interleave(k, 0), target.repeat_interleave(k)
+    j = score.argsort(1)[:, :k]
+    group = n if batch_size is None else max(1, int(batch_size) // k)
+    return torch.cat([_agi_paths(model, x[i:i + group], target[i:i + group], j[i:i + group], steps, step_size,
+                                 norm, batch_size) for i in range(0, n, group)])
+
+
+def _agi_paths(model, x, target, j, steps, step_size, norm, batch_size) -> torch.Tensor:
+    n, k = j.shape
+    xr, tr, j = x.repeat_interleave(k, 0), target.repeat_interleave(k), j.flatten()
     path = []
 
     def toward_j(m, z, cls):  # records the path that pgd walks; pgd remains the only loop
@@ -392,7 +400,7 @@ def agi(model, x: torch.Tensor, target: torch.Tensor, *, steps: int = 20, step_s
 
     end = attacks.pgd(model, xr, j, eps=steps * step_size, step_size=step_size, steps=steps, norm=norm,
                       random_start=False, loss_fn=toward_j)
-    pts = torch.stack(path + [end])  # (T+1, N·k, C,H,W)
+    pts = torch.stack(path + [end])  # (T+1, n·k, C,H,W)
     g, out = _grads(model, pts.flatten(0, 1), tr.repeat(len(pts)), batch_size)
     g, pred = g.view(pts.shape), out.argmax(1).view(len(pts), -1)
     active = ((pred == j).cumsum(0) == 0)[:-1].float()  # segment t counts until the path reaches j

@@ -235,6 +235,14 @@ def test_concentration_metrics_closed_forms():
     two = torch.zeros(1, 2, 10, 10)
     two[0, 0, 0, 0], two[0, 1, 0, 0] = 1.0, -1.0  # channels pool per pixel
     assert A.gini(two).item() == pytest.approx(0.99)
+    ramp = torch.linspace(0, 1, 10).view(1, 1, 1, 10).expand(1, 1, 10, 10)
+    ramp = ramp + ramp.transpose(2, 3)
+    checker = (torch.arange(10).view(-1, 1) + torch.arange(10)).remainder(2).float().view(1, 1, 10, 10) * 2 - 1
+    assert A.coherence(ramp).item() > 0.9 and A.coherence(checker).item() == pytest.approx(-1.0)
+    assert A.positive_share(uniform).item() == 1.0 and A.positive_share(checker).item() == pytest.approx(0.5)
+    x = torch.zeros(1, 1, 10, 10)
+    x[..., :5, :] = 1.0  # the object: the top half
+    assert A.object_share(uniform, x, 0.1).item() == pytest.approx(0.5)
 
 
 def test_smoke_notebook_metrics(smoke_run):
@@ -246,3 +254,4 @@ def test_smoke_notebook_metrics(smoke_run):
             assert 0 <= metrics[key][model] <= 1
     assert "ig" in metrics["per_method"] and "big" in metrics["per_method"]
     assert 0 <= metrics["boundary"]["standard"]["success_rate"] <= 1
+    assert set(metrics["coherence"]) == {"standard", "robust"} and isinstance(metrics["concentrated"], bool)
