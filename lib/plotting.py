@@ -33,6 +33,8 @@ def training_curves(history: dict):
         ax.set_title(m.replace("_", " "))
         if ax is not axes[-1]:
             ax.get_legend().remove()
+        else:
+            ax.legend(title="model", bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
     return fig
 
