@@ -138,38 +138,34 @@ def alignment_vs_robustness(sweep: list, model: list, alpha: list, alpha_err: li
 
 def alignment_scatter(alpha, rho_lin, group, groups: list):
     """Per-sample α against ρ̃, one colour per model; the dashed line is α = ρ̃ (exact for binary linear models)."""
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    for name, m in _groups(group, groups):
-        ax.scatter(np.asarray(rho_lin)[m], np.asarray(alpha)[m], s=6, alpha=0.5, label=name)
-    ax.set_xlim(0, None)
-    both = np.concatenate([np.asarray(alpha), np.asarray(rho_lin)])
-    hi = float(both[np.isfinite(both)].max())
-    ax.plot([0, hi], [0, hi], "k--", lw=0.8)
-    ax.set_xlabel("linearized robustness ρ̃(x)")
-    ax.set_ylabel("alignment α(x)")
-    ax.legend(markerscale=3)
-    fig.tight_layout()
-    return fig
+    return _diagonal_scatter(rho_lin, alpha, group, groups, "linearized robustness ρ̃(x)", "alignment α(x)", log=False)
 
 
 def linearization_quality(rho_lin, rho_emp, group, groups: list):
     """ρ̃ against the empirical ρ from the minimum-norm attack, per sample; dashed: ρ̃ = ρ."""
+    return _diagonal_scatter(rho_emp, rho_lin, group, groups, "empirical robustness ρ(x) (min-norm attack)",
+                             "linearized robustness ρ̃(x)", log=True)
+
+
+def _diagonal_scatter(x, y, group, groups: list, xlabel: str, ylabel: str, *, log: bool):
+    """Per-sample scatter, one colour per group, with the identity line over the finite (positive if log) range."""
     import numpy as np
 
-    rho_lin, rho_emp = np.asarray(rho_lin), np.asarray(rho_emp)
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y) & ((x > 0) & (y > 0) if log else True)
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     for name, m in _groups(group, groups):
-        ok = m & np.isfinite(rho_emp) & np.isfinite(rho_lin)
-        ax.scatter(rho_emp[ok], rho_lin[ok], s=5, alpha=0.4, label=name)
-    ok = np.isfinite(rho_emp) & np.isfinite(rho_lin) & (rho_emp > 0) & (rho_lin > 0)
-    lo, hi = np.min([rho_emp[ok].min(), rho_lin[ok].min()]), np.max([rho_emp[ok].max(), rho_lin[ok].max()])
+        ax.scatter(x[m & ok], y[m & ok], s=5, alpha=0.45, label=name)
+    both = np.concatenate([x[ok], y[ok]])
+    lo, hi = (float(both.min()) if log else 0.0), float(both.max())
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("empirical robustness ρ(x) (min-norm attack)")
-    ax.set_ylabel("linearized robustness ρ̃(x)")
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:
+        ax.set_xlim(0, None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(markerscale=3, fontsize=7)
     fig.tight_layout()
     return fig
