@@ -28,6 +28,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from lib import alignment as al
 from lib import attributions, models, profiles
+from lib.experiment import Context
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,7 +139,7 @@ def bench_radius(repeats: int, run_dir: Path | None) -> list[str]:
         xs = images(256)
         for key in ("standard", "robust"):
             try:
-                net = profiles.Context("default", "cpu", run_dir).model(key)
+                net = Context("default", "cpu", run_dir).model(key)
             except FileNotFoundError:
                 continue
             with torch.no_grad():

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lib import attacks, attributions, models, visualize  # noqa: E402
-from lib.train import resolve_device  # noqa: E402
+from lib.device import resolve_device  # noqa: E402
 
 
 def timed(fn, repeats: int, device) -> float:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from lib import checkpoints, profiles
 from lib.data import check_images
 from lib.models import eval_mode
+from lib.train import train
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 # SHA-256 of pytorch-fid's FID weights. Not computable offline here: it agrees with the 6726825d
@@ -103,8 +104,6 @@ def domain_extractor(profile: dict, spec: dict, run_dir: str | Path, *, device="
     arch_kwargs: {width: 32}, seed: 1}). Both the seed and the architecture must differ from the
     models under test, so the features are independent of them.
     """
-    from lib.train import train
-
     unknown = set(spec) - EXTRACTOR_KEYS - set(profiles.TRAIN_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown fd extractor settings {sorted(unknown)}; use arch, arch_kwargs, seed "

@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from lib import plotting, profiles, report
+from lib.paths import run_dirs
 
 
 def redraw(run_dir: str | Path, fig_dir: str | Path) -> list[Path]:
@@ -39,7 +40,7 @@ def main(argv=None) -> None:
     p.add_argument("--fig-dir", default=None)
     a = p.parse_args(argv)
     prof = profiles.load(a.profile)
-    run_dir, fig_dir = profiles.run_dirs(prof["name"], a.run_dir, a.fig_dir)
+    run_dir, fig_dir = run_dirs(prof["name"], a.run_dir, a.fig_dir)
     t0 = time.time()
     paths = redraw(run_dir, fig_dir)
     md, _ = report.write(run_dir, fig_dir, prof)

@@ -2,6 +2,7 @@
 
     python -m lib.pipeline --profile default                 # what `make reproduce` runs
     python -m lib.pipeline --profile smoke --only 01,03 --device cpu
+    python -m lib.pipeline --profile default --set attributions.ig.steps=100   # any knob of the profile
 
 Executed copies go to runs/<profile>/notebooks/, metrics to runs/<profile>/metrics/ and the
 merged runs/<profile>/summary.json. The first failing notebook stops the run with its name
@@ -16,10 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from lib import profiles, report
+from lib import paths, profiles, report
+from lib.device import resolve_device
 from lib.results import environment, write_json
 
-NOTEBOOK_DIR = profiles.ROOT / "notebooks"
+NOTEBOOK_DIR = paths.NOTEBOOK_DIR
 
 
 class NotebookFailed(RuntimeError):
@@ -39,17 +41,19 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
 
 def run(profile: str, *, only: list[str] | None = None, device: str = "auto", run_dir: str | Path | None = None,
         fig_dir: str | Path | None = None, data_root: str | Path | None = None, seed: int = 0,
-        log=print) -> dict:
-    """Execute the notebooks; return the merged summary. Raises NotebookFailed on the first failure."""
+        overrides: dict | None = None, log=print) -> dict:
+    """Execute the notebooks; return the merged summary. Raises NotebookFailed on the first failure.
+
+    `overrides` (nested dict, e.g. from --set) reaches every notebook as its OVERRIDES parameter."""
     import papermill as pm
 
-    prof = profiles.load(profile)  # fail fast on an unknown profile, before any work
-    run_dir, figs = profiles.run_dirs(prof["name"], run_dir, fig_dir)
+    prof = profiles.load(profile, overrides)  # fail fast on an unknown profile or knob, before any work
+    run_dir, figs = paths.run_dirs(prof["name"], run_dir, fig_dir)
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"PROFILE": profile, "DEVICE": device, "RUN_DIR": str(run_dir),
               "FIG_DIR": str(fig_dir) if fig_dir else None, "DATA_ROOT": str(data_root) if data_root else None,
-              "SEED": seed}
+              "SEED": seed, "OVERRIDES": overrides or {}}
     books = notebooks(only)
     timings = _read_timings(run_dir)
     for i, nb in enumerate(books, 1):
@@ -57,7 +61,7 @@ def run(profile: str, *, only: list[str] | None = None, device: str = "auto", ru
         t0 = time.time()
         try:
             pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=params, kernel_name="python3",
-                                cwd=str(profiles.ROOT), progress_bar=False, log_output=False)
+                                cwd=str(paths.ROOT), progress_bar=False, log_output=False)
         except pm.PapermillExecutionError as e:
             raise NotebookFailed(f"{nb.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
                                  f"{e.ename}: {e.evalue}. Executed copy: {out_dir / nb.name}") from None
@@ -80,8 +84,6 @@ def summarize(run_dir: str | Path, *, device=None) -> dict:
 
 
 def _device(device):
-    from lib.train import resolve_device
-
     return resolve_device(device) if device else None
 
 
@@ -99,12 +101,15 @@ def main(argv=None) -> int:
     p.add_argument("--fig-dir", default=None, help="default: figures/<profile>")
     p.add_argument("--data-root", default=None, help="default: data/")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override one profile setting for every notebook, e.g. attributions.ig.steps=100 "
+                        "(repeatable; the value is read as YAML)")
     a = p.parse_args(argv)
     only = [s.strip().zfill(2) for s in a.only.split(",")] if a.only else None
     t0 = time.time()
     try:
         run(a.profile, only=only, device=a.device, run_dir=a.run_dir, fig_dir=a.fig_dir,
-            data_root=a.data_root, seed=a.seed)
+            data_root=a.data_root, seed=a.seed, overrides=profiles.parse_set(a.set))
     except (NotebookFailed, ValueError) as e:
         print(f"pipeline stopped: {e}", file=sys.stderr)
         return 1

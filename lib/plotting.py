@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 import seaborn as sns
+import torch
+from matplotlib.colors import Normalize
+
+from lib.results import to_jsonable
 
 sns.set_theme(context="paper", style="whitegrid")
 
@@ -22,7 +29,6 @@ def savefig(fig, fig_dir: str | Path, name: str) -> list[Path]:
 
 def training_curves(history: dict):
     """history: model key -> per-epoch rows from meta.json. One panel per metric."""
-    import pandas as pd
 
     rows = [{"model": k, **r} for k, h in history.items() for r in h]
     df = pd.DataFrame(rows)
@@ -41,7 +47,6 @@ def training_curves(history: dict):
 
 def accuracy_bars(model: list, clean_acc: list, pgd_acc: list):
     """Clean and PGD accuracy (percent) per model, side by side."""
-    import pandas as pd
 
     df = pd.DataFrame({"model": model, "clean": clean_acc, "PGD": pgd_acc}).melt(
         id_vars="model", var_name="metric", value_name="acc")
@@ -70,13 +75,6 @@ def publish(draw, name: str, data: dict, fig_dir: str | Path, run_dir: str | Pat
 
 
 def save_artefact(run_dir, name: str, draw_name: str, data: dict) -> None:
-    import json
-
-    import numpy as np
-    import torch
-
-    from lib.results import to_jsonable
-
     folder = Path(run_dir) / "artefacts"
     folder.mkdir(parents=True, exist_ok=True)
     arrays, plain = {}, {}
@@ -90,9 +88,7 @@ def save_artefact(run_dir, name: str, draw_name: str, data: dict) -> None:
 
 def load_artefact(path: str | Path) -> tuple[str, dict]:
     """(draw function name, data) of a saved artefact; arrays come back as numpy."""
-    import json
 
-    import numpy as np
 
     path = Path(path)
     spec = json.loads(path.with_suffix(".json").read_text())
@@ -104,7 +100,6 @@ def load_artefact(path: str | Path) -> tuple[str, dict]:
 # ---------------------------------------------------------------- notebook 03: alignment theory (Etmann, Wang)
 
 def _groups(group, groups):
-    import numpy as np
 
     group = np.asarray(group)
     return [(name, group == i) for i, name in enumerate(groups)]
@@ -116,7 +111,6 @@ def alignment_vs_robustness(sweep: list, model: list, alpha: list, alpha_err: li
 
     All arguments are per (sweep, model) row; rows of a sweep are in order of training strength.
     """
-    import numpy as np
 
     kinds = list(dict.fromkeys(sweep))
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
@@ -149,7 +143,6 @@ def linearization_quality(rho_lin, rho_emp, group, groups: list):
 
 def _diagonal_scatter(x, y, group, groups: list, xlabel: str, ylabel: str, *, log: bool):
     """Per-sample scatter, one colour per group, with the identity line over the finite (positive if log) range."""
-    import numpy as np
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y) & ((x > 0) & (y > 0) if log else True)
@@ -173,8 +166,6 @@ def _diagonal_scatter(x, y, group, groups: list, xlabel: str, ylabel: str, *, lo
 
 def homogeneity_by_model(fraction, group, groups: list):
     """Etmann's "fraction of homogeneous part of logit" |⟨x,g⟩|/(|⟨x,g⟩|+|β|), distribution per model."""
-    import numpy as np
-    import pandas as pd
 
     df = pd.DataFrame({"model": np.asarray(groups)[np.asarray(group)], "fraction": np.asarray(fraction)})
     fig, ax = plt.subplots(figsize=(1.1 * len(groups) + 2, 3.4))
@@ -188,7 +179,6 @@ def homogeneity_by_model(fraction, group, groups: list):
 
 def bound_check(model: list, holds: list, rho_lin: list, alpha: list, angle: list, beta: list):
     """Left: fraction of samples where ρ̃ ≤ α + ‖x‖‖ḡ†−ḡ‖ + |β†|/‖g†‖. Right: mean terms (stacked) and mean ρ̃."""
-    import numpy as np
 
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(2.2 * len(model) + 3, 3.4))
     pos = np.arange(len(model))
@@ -214,8 +204,6 @@ def bound_check(model: list, holds: list, rho_lin: list, alpha: list, angle: lis
 def boundary_cosine(cos_normal, cos_direction, group, groups: list, cos_margin=None):
     """Wang's claim: cos(∇Ψ^{i*}(x), boundary normal n(x_b)) and cos(∇Ψ^{i*}(x), x − x_b), per model;
     optionally cos(∇(Ψ^{i*} − Ψ^j)(x), n(x_b)), the decision gradient at x."""
-    import numpy as np
-    import pandas as pd
 
     names = np.asarray(groups)[np.asarray(group)]
     measures = [(cos_normal, "cos(∇Ψ(x), n(x_b))"), (cos_direction, "cos(∇Ψ(x), x − x_b)")]
@@ -236,7 +224,6 @@ def boundary_cosine(cos_normal, cos_direction, group, groups: list, cos_margin=N
 
 def image_grid(images, row_labels: list, col_labels: list | None = None, title: str = ""):
     """images: (R, K, C, H, W) in [0,1] (NaN cells stay blank); one labelled row per leading index."""
-    import numpy as np
 
     images = np.asarray(images, dtype=np.float32)
     r, k = images.shape[:2]
@@ -271,8 +258,6 @@ def image_grid(images, row_labels: list, col_labels: list | None = None, title: 
 
 def distance_strip(model: list, values, ylabel: str, paper: list | None = None):
     """values: (M, N) per-example distances of M models; paper: M reference means (drawn as red ticks)."""
-    import numpy as np
-    import pandas as pd
 
     values = np.asarray(values, dtype=float)
     df = pd.DataFrame({"model": np.repeat(model, values.shape[1]), ylabel: values.ravel()})
@@ -289,7 +274,6 @@ def distance_strip(model: list, values, ylabel: str, paper: list | None = None):
 
 def fd_bars(name: list, mean: list, std: list, label: str, paper: list | None = None):
     """FID/FD per image set (real, standard, robust): mean ± std over seeds; paper values as red ticks."""
-    import numpy as np
 
     pos = np.arange(len(name))
     fig, ax = plt.subplots(figsize=(1.2 * len(name) + 1.8, 3.2))
@@ -307,8 +291,6 @@ def fd_bars(name: list, mean: list, std: list, label: str, paper: list | None = 
 
 def fd_per_class(classes: list, name: list, values, label: str):
     """values: (S, K) FID/FD of S image sets for K classes, as grouped bars."""
-    import numpy as np
-    import pandas as pd
 
     values = np.asarray(values, dtype=float)
     if len(classes) > 20:  # many classes (ImageNet-150): each set's per-class values, sorted
@@ -337,8 +319,6 @@ def attribution_grid(images, maps, models: list, row_labels: list, method: str, 
     (NaN: none, e.g. no boundary point). Columns: the image, then per model its heatmap and its
     overlay on the image; diverging colormap centred at 0, each map scaled to its own `pct`
     percentile of |φ| (red: evidence for the explained class, blue: against)."""
-    import numpy as np
-    from matplotlib.colors import Normalize
 
     images, maps = np.asarray(images, dtype=float), np.asarray(maps, dtype=float)
     n_rows, n_models = images.shape[0], maps.shape[0]
@@ -387,7 +367,6 @@ ATTRIBUTION_METRICS = {"gini": "Gini of |φ|", "top5": "top-5% mass share", "coh
 
 def attribution_metrics(model: list, method: list, **values):
     """Mean ± std over images of each metric in `values` (one value per row), per method × model."""
-    import pandas as pd
 
     df = pd.DataFrame({"model": model, "method": method, **values})
     names = list(values)

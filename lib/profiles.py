@@ -9,8 +9,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-PROFILE_DIR = ROOT / "profiles"
+from lib.paths import PROFILE_DIR
 
 TRAIN_DEFAULTS = {
     "epochs": 10, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False,
@@ -27,8 +26,9 @@ def known() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
 
-def load(name_or_path: str | Path) -> dict:
-    """Load a profile by name (profiles/<name>.yaml) or by path to a YAML file."""
+def load(name_or_path: str | Path, overrides: dict | str | None = None) -> dict:
+    """Load a profile by name (profiles/<name>.yaml) or by path to a YAML file, then deep-merge `overrides`
+    (a dict, or its JSON/YAML text as papermill's `-p OVERRIDES '{...}'` passes it) into it."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = PROFILE_DIR / f"{name_or_path}.yaml"
@@ -38,6 +38,7 @@ def load(name_or_path: str | Path) -> dict:
     if not isinstance(prof, dict) or "models" not in prof or "dataset" not in prof:
         raise ValueError(f"profile {path} must be a YAML mapping with at least `dataset` and `models`")
     prof.setdefault("name", path.stem)
+    prof = merge(prof, parse_overrides(overrides))
     for key in ("standard", "robust"):
         if key not in prof["models"]:
             raise ValueError(f"profile {path} must define a `{key}` model")
@@ -74,45 +75,46 @@ def model_dir(run_dir: str | Path, profile: dict, key: str) -> Path:
     return Path(run_dir) / "models" / f"{key}-{config_hash(model_config(profile, key))}"
 
 
-def run_dirs(name: str, run_dir=None, fig_dir=None) -> tuple[Path, Path]:
-    """(run folder, figure folder) of profile `name`: runs/<name> and figures/<name> unless given."""
-    return (Path(run_dir) if run_dir else ROOT / "runs" / name, Path(fig_dir) if fig_dir else ROOT / "figures" / name)
+def parse_overrides(overrides: dict | str | None) -> dict:
+    """OVERRIDES as a dict: papermill's `-p` hands over text, so JSON or YAML text is parsed."""
+    if overrides is None or overrides == "":
+        return {}
+    if isinstance(overrides, str):
+        overrides = yaml.safe_load(overrides)
+    if not isinstance(overrides, dict):
+        raise ValueError(f"OVERRIDES must be a mapping such as {{'attributions': {{'ig': {{'steps': 100}}}}}}, "
+                         f"got {overrides!r}")
+    return overrides
 
 
-class Context:
-    """What every notebook derives from its parameters cell: profile, folders, device."""
+def parse_set(assignments: list[str]) -> dict:
+    """['attributions.ig.steps=100', ...] (the pipeline's --set) as one nested overrides dict."""
+    out: dict = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes KEY.PATH=VALUE, e.g. attributions.ig.steps=100; got {item!r}")
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
 
-    def __init__(self, profile: str, device: str = "auto", run_dir: str | None = None, fig_dir: str | None = None,
-                 data_root: str | None = None, seed: int = 0):
-        from lib.train import resolve_device
 
-        self.profile = load(profile)
-        self.name = self.profile["name"]
-        self.run_dir, self.fig_dir = run_dirs(self.name, run_dir, fig_dir)
-        self.data_root = Path(data_root) if data_root else ROOT / "data"
-        self.device = resolve_device(device)
-        self.seed = seed
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.fig_dir.mkdir(parents=True, exist_ok=True)
-
-    def section(self, name: str) -> dict:
-        """The profile's parameters for one notebook, e.g. ctx.section('attributions')."""
-        if name not in self.profile:
-            raise ValueError(f"profile {self.name!r} has no `{name}` section")
-        return self.profile[name]
-
-    def model(self, key: str):
-        """A model trained by notebook 01; a clear error if it has not run yet."""
-        from lib.train import get_model
-
-        return get_model(self.profile, key, self.run_dir, device=self.device, data_root=self.data_root,
-                         train_if_missing=False)
-
-    def dataset(self, split: str):
-        from lib.data import load
-
-        return load(self.profile["dataset"], split, self.data_root)
-
-    def __repr__(self) -> str:
-        return (f"Context(profile={self.name!r}, device={self.device}, run_dir={self.run_dir}, "
-                f"fig_dir={self.fig_dir})")
+def merge(base: dict, overrides: dict, where: str = "") -> dict:
+    """A copy of `base` with `overrides` deep-merged in. Every key must exist in `base` (a typo is an error
+    naming the known keys), except in `train` and under `models` (new sweep members and any training
+    setting), where `model_config` checks each name against TRAIN_DEFAULTS instead."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        path = f"{where}.{key}" if where else str(key)
+        free = where == "train" or where == "models" or where.startswith("models.")
+        if key not in out and not free:
+            known_keys = ", ".join(map(str, out)) or "(none)"
+            raise ValueError(f"unknown profile setting {path!r}; known at this level: {known_keys}")
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and out[key]:
+            out[key] = merge(out[key], value, path)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib import profiles
+from lib.paths import run_dirs
 
 # Absolute tolerances in accuracy points, relative ones for distances. See README for the reasons.
 TOL_CLEAN, TOL_PGD, TOL_FID_REL, TOL_INVERSION_REL = 3.0, 5.0, 0.15, 0.20
@@ -185,7 +186,7 @@ def main(argv=None) -> None:
     p.add_argument("--fig-dir", default=None)
     a = p.parse_args(argv)
     prof = profiles.load(a.profile)
-    for path in write(*profiles.run_dirs(prof["name"], a.run_dir, a.fig_dir), prof):
+    for path in write(*run_dirs(prof["name"], a.run_dir, a.fig_dir), prof):
         print(path)
 
 

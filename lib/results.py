@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.profiles import ROOT
+from lib.paths import ROOT
 
 PACKAGES = ("torch", "torchvision", "captum", "shap", "pytorch-fid", "numpy", "papermill", "seaborn")
 

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lib import attacks, checkpoints, data, models, profiles
+from lib.device import resolve_device
+from lib.paths import DATA_DIR, RUNS_DIR
 from lib.results import environment
 
 # ---------------------------------------------------------------- public API
@@ -186,18 +188,6 @@ def accuracy_table(trained: dict, paper: dict | None = None):
     return pd.DataFrame(rows)
 
 
-def resolve_device(device) -> torch.device:
-    """'auto' picks CUDA when present; under torchrun each rank takes its LOCAL_RANK GPU."""
-    device = str(device)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is visible; use --device cpu or auto.")
-    return torch.device(device)
-
-
 # ---------------------------------------------------------------- one step
 
 def _train_step(net, model, x, y, cfg, opt, scaler, amp_dtype, gen, rank, world):
@@ -333,11 +323,11 @@ def main(argv=None) -> None:
     p.add_argument("--model", required=True, help="model key of the profile, e.g. standard or robust")
     p.add_argument("--run-dir", default=None, help="default: runs/<profile>")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--data-root", default=str(profiles.ROOT / "data"))
+    p.add_argument("--data-root", default=str(DATA_DIR))
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     prof = profiles.load(a.profile)
-    run_dir = a.run_dir or profiles.ROOT / "runs" / prof["name"]
+    run_dir = a.run_dir or RUNS_DIR / prof["name"]
     model = get_model(prof, a.model, run_dir, device=a.device, data_root=a.data_root, progress=not a.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         m = model.meta["metrics"]

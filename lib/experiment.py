@@ -1,0 +1,48 @@
+"""What a notebook builds from its parameters cell: the profile (with OVERRIDES), folders, device, models, data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lib import data, profiles, train
+from lib.device import resolve_device
+from lib.paths import DATA_DIR, run_dirs
+
+
+class Context:
+    """ctx = Context(PROFILE, DEVICE, RUN_DIR, FIG_DIR, DATA_ROOT, SEED, OVERRIDES) in every notebook.
+
+    OVERRIDES (a dict, or the JSON text papermill's `-p` passes) is deep-merged into the profile, so
+    `papermill ... -p OVERRIDES '{"attributions": {"ig": {"steps": 100}}}'` changes one knob.
+    """
+
+    def __init__(self, profile: str, device: str = "auto", run_dir: str | None = None, fig_dir: str | None = None,
+                 data_root: str | None = None, seed: int = 0, overrides: dict | str | None = None):
+        self.profile = profiles.load(profile, overrides)
+        self.overrides = profiles.parse_overrides(overrides)
+        self.name = self.profile["name"]
+        self.run_dir, self.fig_dir = run_dirs(self.name, run_dir, fig_dir)
+        self.data_root = Path(data_root) if data_root else DATA_DIR
+        self.device = resolve_device(device)
+        self.seed = seed
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.fig_dir.mkdir(parents=True, exist_ok=True)
+
+    def section(self, name: str) -> dict:
+        """The profile's parameters for one notebook, e.g. ctx.section('attributions')."""
+        if name not in self.profile:
+            raise ValueError(f"profile {self.name!r} has no `{name}` section")
+        return self.profile[name]
+
+    def model(self, key: str):
+        """A model trained by notebook 01; a clear error if it has not run yet."""
+        return train.get_model(self.profile, key, self.run_dir, device=self.device, data_root=self.data_root,
+                               train_if_missing=False)
+
+    def dataset(self, split: str):
+        return data.load(self.profile["dataset"], split, self.data_root)
+
+    def __repr__(self) -> str:
+        extra = f", overrides={self.overrides}" if self.overrides else ""
+        return (f"Context(profile={self.name!r}, device={self.device}, run_dir={self.run_dir}, "
+                f"fig_dir={self.fig_dir}{extra})")

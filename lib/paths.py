@@ -1,0 +1,17 @@
+"""Where things live: the repository root and the conventional folders under it. Imports nothing from lib."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILE_DIR = ROOT / "profiles"
+NOTEBOOK_DIR = ROOT / "notebooks"
+DATA_DIR = ROOT / "data"
+RUNS_DIR = ROOT / "runs"
+FIGURES_DIR = ROOT / "figures"
+
+
+def run_dirs(name: str, run_dir=None, fig_dir=None) -> tuple[Path, Path]:
+    """(run folder, figure folder) of profile `name`: runs/<name> and figures/<name> unless given."""
+    return (Path(run_dir) if run_dir else RUNS_DIR / name, Path(fig_dir) if fig_dir else FIGURES_DIR / name)
