@@ -135,8 +135,9 @@ def summarize(per_image: dict, seconds: dict, sweep: dict) -> dict:
 
     sweep: {model: training ε}, the profile's pgd sweep. Returns
     - "per_method": {method: {model: {<metric>_mean, <metric>_std, completeness_median, seconds}}};
-    - "concentration": {"measure", "method", "sweep" (models by ε), "eps", "per_model": {model: {method:
-      mean of the deciding measure}}, "by_measure": {metric: {model: {method: mean}}}};
+    - "concentration": {"measure", "method", "direction": "higher", "sweep" (models by ε), "eps",
+      "per_model": {model: mean deciding measure of the deciding method} (what lib/claims reads),
+      "by_method": {model: {method: mean deciding measure}}, "by_measure": {metric: {model: {method: mean}}}};
     - "<metric>": {model: mean over images for the deciding method} for every metric (e.g. "gini").
     """
     per_method = {}
@@ -152,10 +153,11 @@ def summarize(per_image: dict, seconds: dict, sweep: dict) -> dict:
     names = sorted({m for methods in per_image.values() for row in methods.values() for m in row} - {"completeness"})
     by_measure = {m: {key: {method: _mean(row[m]) for method, row in per_image[key].items() if m in row}
                       for key in order} for m in names}
-    method = CONCENTRATION["method"]
+    method, deciding = CONCENTRATION["method"], by_measure[CONCENTRATION["measure"]]
     return {
         "per_method": per_method,
-        "concentration": {**CONCENTRATION, "sweep": order, "eps": {k: sweep[k] for k in order},
-                          "per_model": by_measure[CONCENTRATION["measure"]], "by_measure": by_measure},
+        "concentration": {**CONCENTRATION, "direction": "higher", "sweep": order, "eps": {k: sweep[k] for k in order},
+                          "per_model": {k: v.get(method) for k, v in deciding.items()}, "by_method": deciding,
+                          "by_measure": by_measure},
         **{m: {key: by_measure[m][key][method] for key in order if method in by_measure[m][key]} for m in names},
     }

@@ -232,6 +232,24 @@ METHODS = ("saliency", "smoothgrad", "ig", "eg", "shap", "deeplift", "agi", "big
 BOUNDARY_METHODS = ("big", "bsm", "bsg", "bdt")
 
 
+TITLES = {"ig": "Integrated Gradients", "shap": "SHAP (GradientExplainer)", "eg": "Expected Gradients",
+          "big": "Boundary IG (BIG)", "bsm": "Boundary saliency (BSM)", "bsg": "Boundary SmoothGrad (BSG)",
+          "bdt": "Boundary DeepLift (BDT)", "agi": "AGI", "smoothgrad": "SmoothGrad", "saliency": "Saliency",
+          "deeplift": "DeepLift"}
+
+
+def method_title(method: str, cfg: dict) -> str:
+    """A figure title naming the method and the setting that produced it (IG: baseline, trials, output)."""
+    if method == "ig":
+        o = ig_options(cfg["ig"])
+        trials = f" ×{o['trials']}" if o["trials"] > 1 else ""
+        return f"{TITLES[method]} ({o['baseline'] or 'black'} baseline{trials}, {o['output']}, {cfg['ig']['steps']} steps)"
+    if method in ("smoothgrad", "bsg"):
+        sg = cfg["smoothgrad"]
+        return f"{TITLES[method]} (σ = {sg['sigma']} {sg.get('sigma_unit', 'pixel')} units)"
+    return TITLES[method]
+
+
 def ig_options(ig_cfg: dict) -> dict:
     """IG's baseline, trials and output from a profile's `attributions.ig` (black, 1 trial, logit by default)."""
     return {"baseline": ig_cfg.get("baseline"), "trials": ig_cfg.get("trials", 1), "output": ig_cfg.get("output", "logit")}

@@ -27,8 +27,8 @@ def test_summarize_orders_the_sweep_and_names_the_deciding_measure():
     out = M.summarize(per_image, {"standard": {"ig": 1.0}}, {"standard": 0.0, "robust": 1.5, "pgd_0.5": 0.5})
     conc = out["concentration"]
     assert conc["sweep"] == ["standard", "pgd_0.5", "robust"] and conc["measure"] == "region10"
-    assert conc["per_model"]["pgd_0.5"]["ig"] == pytest.approx(0.4)
-    assert conc["per_model"]["standard"]["saliency"] == pytest.approx(0.3)
+    assert conc["per_model"] == pytest.approx({"standard": 0.2, "pgd_0.5": 0.4, "robust": 0.6})
+    assert conc["by_method"]["standard"]["saliency"] == pytest.approx(0.3)
     assert conc["by_measure"]["gini"]["robust"]["ig"] == pytest.approx(0.5)
     assert out["gini"] == {"standard": 0.5, "pgd_0.5": 0.5, "robust": 0.5}
     assert out["per_method"]["ig"]["standard"]["completeness_median"] == pytest.approx(0.1)
@@ -69,4 +69,4 @@ def test_smoke_notebook_metrics(smoke_run):
     conc = metrics["concentration"]
     assert conc["measure"] == M.CONCENTRATION["measure"] and conc["sweep"] == ["standard", "robust"]
     for key in conc["sweep"]:
-        assert 0 < conc["per_model"][key]["ig"] <= 1
+        assert 0 < conc["per_model"][key] <= 1 and conc["by_method"][key]["ig"] == conc["per_model"][key]
