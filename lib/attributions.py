@@ -72,8 +72,8 @@ def saliency(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, *, o
     return _path_sum(model, x, 1, target, batch_size, lambda k0, k1, i0, i1: (x[i0:i1], None, None), output)
 
 
-def noise_scale(model: torch.nn.Module, x: torch.Tensor, sigma: float, unit: str = "pixel") -> torch.Tensor:
-    """SmoothGrad's noise std in pixel units, (N,C,1,1), for σ given in `unit`:
+def noise_scale(model: torch.nn.Module, x: torch.Tensor, sigma: float, sigma_unit: str = "pixel") -> torch.Tensor:
+    """SmoothGrad's noise std in pixel units, (N,C,1,1), for σ given in `sigma_unit`:
 
     "pixel": σ itself (x in [0,1]); "range": σ·(max x − min x) per image (Smilkov et al.'s noise level);
     "std": σ·s_c with s_c the model's per-channel normalisation std, i.e. σ in the units of the
@@ -81,19 +81,19 @@ def noise_scale(model: torch.nn.Module, x: torch.Tensor, sigma: float, unit: str
     on ImageNet-standardised inputs: σ = 0.15 with unit "std" (≈ 0.034 in pixels, 3 % of that input's range).
     """
     n, c = x.shape[:2]
-    if unit == "pixel":
+    if sigma_unit == "pixel":
         s = torch.full((n, c), float(sigma), device=x.device)
-    elif unit == "range":
+    elif sigma_unit == "range":
         flat = x.float().flatten(1)
         s = (sigma * (flat.amax(1) - flat.amin(1)))[:, None].expand(n, c)
-    elif unit == "std":
+    elif sigma_unit == "std":
         norm = getattr(unwrap(model), "normalize", None)
         if not isinstance(norm, Normalize):
             raise ValueError("sigma_unit 'std' needs a model whose first layer is lib.models.Normalize; "
                              "use sigma_unit 'pixel' or 'range' for this model")
         s = (sigma * norm.std.flatten().to(x.device))[None].expand(n, c)
     else:
-        raise ValueError(f"unknown sigma_unit {unit!r}; use one of {', '.join(SIGMA_UNITS)}")
+        raise ValueError(f"unknown sigma_unit {sigma_unit!r}; use one of {', '.join(SIGMA_UNITS)}")
     return s.float().reshape(n, c, 1, 1)
 
 
