@@ -61,7 +61,8 @@ def _chunks(n: int, steps: int, batch_size: int):
     batch_size >= n (as captum batches), else slices of images within one step."""
     bs = max(1, int(batch_size))
     if bs >= n:
-        per = bs // n
+        passes = -(-steps // (bs // n))
+        per = -(-steps // passes)  # equal passes: 50 steps at ≤ 22 per pass run as 17+17+16, not 22+22+6
         for k0 in range(0, steps, per):
             yield k0, min(steps, k0 + per), 0, n
     else:
