@@ -99,7 +99,8 @@ def bench_ig(model, x, t, steps: int, repeats: int) -> dict:
         "ours_default_s": times["ours_default"],
         "ratio_default_vs_captum_best": times["ours_default"] / times[f"captum_{best_c}"],
         "cpu_ratio_default_vs_captum_best": cpu["ours_default"] / cpu[f"captum_{best_c}"],
-        "ours_same_batch_s": times[f"ours_{best_c}"], "ratio_same_batch": times[f"ours_{best_c}"] / times[f"captum_{best_c}"],
+        "ours_same_batch_s": times[f"ours_{best_c}"],
+        "ratio_same_batch": times[f"ours_{best_c}"] / times[f"captum_{best_c}"],
         "ours_best_batch": best_o, "ours_best_s": times[f"ours_{best_o}"],
         "ratio_best_vs_best": times[f"ours_{best_o}"] / times[f"captum_{best_c}"],
         "max_rel_diff_vs_captum_corrected": ((ours - theirs * steps / (steps - 1)).abs().max()
@@ -194,7 +195,8 @@ def main():
     print(f"IG vs captum (small_cnn, {r['images']} images, 50 steps): captum best {r['captum_best_s']:.3f} s at "
           f"internal_batch_size {r['captum_best_batch']}; ours at defaults {r['ours_default_s']:.3f} s (automatic "
           f"batch {r['ours_default_batch']}): ratio {r['ratio_default_vs_captum_best']:.2f} (CPU time "
-          f"{r['cpu_ratio_default_vs_captum_best']:.2f}); ours at captum's batch {r['ratio_same_batch']:.2f}, ours best "
+          f"{r['cpu_ratio_default_vs_captum_best']:.2f}); ours at captum's batch {r['ratio_same_batch']:.2f}, "
+          f"ours best "
           f"(batch {r['ours_best_batch']}) {r['ratio_best_vs_best']:.2f}; max rel diff vs captum·n/(n−1) "
           f"{r['max_rel_diff_vs_captum_corrected']:.1e}; median completeness rel err ours "
           f"{r['completeness_rel_err_median']['ours']:.1e} vs captum {r['completeness_rel_err_median']['captum']:.1e}")

@@ -8,20 +8,23 @@ as found: randomness comes from an explicit `seed`. `batch_size=None` (every def
 memory-bounded number of points per pass (`auto_batch_size`). Path methods live in `lib.path_methods`
 and are importable from here.
 
-For a captum user (one word per idea in robinterp):
+For a captum user (one word per idea in robinterp), ours → captum's, and where the semantics differ:
 
-| ours | captum | where the semantics differ |
+| ours | captum | difference |
 |---|---|---|
 | `target` | `target` | the class explained (our notebooks: the predicted class) |
-| `baseline` | `baselines` | also "uniform" / "gaussian" (drawn with `seed`), or a (T,N,C,H,W) stack of trials |
-| `steps` | `n_steps` | the same count of gradient evaluations; trapezoid weights differ: ours sum to 1 (exact on linear paths), captum's `riemann_trapezoid` weights sum to (n−1)/n, so captum's IG is (n−1)/n of ours |
-| `rule` | `method` | "trapezoid" (see above) or "gausslegendre" (identical to captum's) |
-| `trials` | – (Boychev's `num_random_trials`) | IG averaged over `trials` baselines, one batched pass |
+| `baseline` | `baselines` | also "uniform"/"gaussian" (drawn with `seed`) or a (T,N,C,H,W) stack of trials |
+| `steps` | `n_steps` | same count of gradient evaluations. Trapezoid weights: ours sum to 1 (exact on a |
+| | | linear path); captum's `riemann_trapezoid` weights sum to (n−1)/n, so its IG is (n−1)/n of ours |
+| `rule` | `method` | "trapezoid" (above) or "gausslegendre" (identical to captum's) |
+| `trials` | – (Boychev's `num_random_trials`) | IG averaged over `trials` baselines, in one batched pass |
 | `output` | – (wrap the model) | "logit" or "softmax" |
-| `batch_size` | `internal_batch_size` | default: automatic, memory-bounded (captum's default: all points at once) |
-| `saliency` | `Saliency(abs=True)` | ours is signed: captum's default returns abs(∇F) |
-| `smoothgrad(samples, sigma, sigma_unit)` | `NoiseTunnel(Saliency).attribute(nt_samples, stdevs)` | captum's `stdevs` is in the model input's units; ours says which: "pixel", "range" (× the image's max−min) or "std" (× the model's normalisation std: Wang's code) |
-| `expected_gradients(samples)`, `shap_values` | shap `GradientExplainer(nsamples)` | same estimator; ours draws all samples in one batched pass |
+| `batch_size` | `internal_batch_size` | default automatic and memory-bounded (captum's: all points at once) |
+| `saliency` | `Saliency` | ours is signed; captum's default `abs=True` returns abs(∇F) |
+| `smoothgrad(samples, sigma,` | `NoiseTunnel(Saliency)` | captum's `stdevs` is in the model input's units; ours |
+|   `sigma_unit)` | `(nt_samples, stdevs)` | names it: "pixel", "range" (× image max−min), "std" (× normalisation std) |
+| `expected_gradients(samples)`, | shap `GradientExplainer` | same estimator; ours draws all samples in one |
+|   `shap_values` | `(nsamples)` | batched pass |
 | `deeplift` | `DeepLift` | ours calls captum's |
 """
 
@@ -243,7 +246,8 @@ def method_title(method: str, cfg: dict) -> str:
     if method == "ig":
         o = ig_options(cfg["ig"])
         trials = f" ×{o['trials']}" if o["trials"] > 1 else ""
-        return f"{TITLES[method]} ({o['baseline'] or 'black'} baseline{trials}, {o['output']}, {cfg['ig']['steps']} steps)"
+        setting = f"{o['baseline'] or 'black'} baseline{trials}, {o['output']}, {cfg['ig']['steps']} steps"
+        return f"{TITLES[method]} ({setting})"
     if method in ("smoothgrad", "bsg"):
         sg = cfg["smoothgrad"]
         return f"{TITLES[method]} (σ = {sg['sigma']} {sg.get('sigma_unit', 'pixel')} units)"
@@ -252,7 +256,8 @@ def method_title(method: str, cfg: dict) -> str:
 
 def ig_options(ig_cfg: dict) -> dict:
     """IG's baseline, trials and output from a profile's `attributions.ig` (black, 1 trial, logit by default)."""
-    return {"baseline": ig_cfg.get("baseline"), "trials": ig_cfg.get("trials", 1), "output": ig_cfg.get("output", "logit")}
+    return {"baseline": ig_cfg.get("baseline"), "trials": ig_cfg.get("trials", 1),
+            "output": ig_cfg.get("output", "logit")}
 
 
 class Explanations(NamedTuple):
