@@ -221,3 +221,18 @@ def test_agi_shape_determinism_and_sign(setup):
     assert a.shape == x.shape and torch.isfinite(a).all()
     assert _rel(A.agi(model, x, t, steps=10, step_size=0.05, classes=3, seed=0, batch_size=50), a) < 1e-5
     assert (a.flatten(1).sum(1) > 0).float().mean() > 0.9  # the target logit drops along paths to other classes
+
+
+def test_explain_models_runs_all_methods_on_the_pair_and_sweep_methods_on_the_rest(digits_models, digits_batch):
+    x = digits_batch[0][:3]
+    nets = {"standard": digits_models["standard"], "pgd_mid": digits_models["robust"]}
+    preds = {k: A.logits(m, x).argmax(1) for k, m in nets.items()}
+    cfg = {"methods": ["saliency", "ig"], "sweep_methods": ["saliency"], "batch_size": None,
+           "ig": {"steps": 4, "baseline": "uniform", "trials": 2, "output": "softmax"},
+           "smoothgrad": {"samples": 2, "sigma": 0.1}}
+    exps = A.explain_models(nets, x, preds, cfg, background=x, seed=5)
+    assert set(exps["standard"].maps) == {"saliency", "ig"} and set(exps["pgd_mid"].maps) == {"saliency"}
+    ig = A.integrated_gradients(nets["standard"], x, preds["standard"], steps=4, baseline="uniform", trials=2,
+                                output="softmax", seed=5)
+    assert torch.allclose(exps["standard"].maps["ig"], ig)
+    assert "ig" in A.method_title("ig", cfg) and "uniform baseline ×2, softmax" in A.method_title("ig", cfg)
