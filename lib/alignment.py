@@ -141,12 +141,12 @@ def cosine_by_distance(distance: dict, cosines: dict, bins: int = 4, min_count: 
 
 # ---------------------------------------------------------------- everything, for a notebook
 
-def measure(model, x: torch.Tensor, *, batch_size: int = 128, chunk: int | None = None, progress: bool = True,
-            **search) -> dict[str, torch.Tensor]:
+def measure(model, x: torch.Tensor, *, labels: torch.Tensor | None = None, batch_size: int = 128,
+            chunk: int | None = None, progress: bool = True, **search) -> dict[str, torch.Tensor]:
     """All per-sample quantities of notebook 03 for images x (N,C,H,W) in [0,1]; dict of (N,) CPU tensors.
 
     `search` goes to `lib.boundary.boundary_search` (y = F(x)); its points x_b give ρ and Wang's cosines
-    (NaN where it failed).
+    (NaN where it failed). labels (N,): adds `correct`.
     """
     rows = []
     for start in tqdm(range(0, len(x), batch_size), desc="alignment", disable=not progress):
@@ -163,7 +163,10 @@ def measure(model, x: torch.Tensor, *, batch_size: int = 128, chunk: int | None 
             "bound_angle": bt.angle, "bound_beta": bt.beta, "bound_holds": bt.holds(),
             "cos_saliency": cos.saliency, "cos_margin": cos.margin, "cos_direction": cos.direction,
         })
-    return {k: torch.cat([r[k].detach().cpu() for r in rows]) for k in rows[0]}
+    out = {k: torch.cat([r[k].detach().cpu() for r in rows]) for k in rows[0]}
+    if labels is not None:
+        out["correct"] = out["pred"] == labels.cpu()
+    return out
 
 
 def summarize(per_sample: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -187,3 +190,52 @@ def summarize(per_sample: dict[str, torch.Tensor]) -> dict[str, float]:
     if "correct" in per_sample:
         out["accuracy"] = float(per_sample["correct"].float().mean())
     return out
+
+
+TABLE = ("accuracy", "alpha", "alpha_cos", "rho_lin", "rho_emp", "rho_emp_success", "rho_lin_over_emp_median",
+         "homogeneity", "cos_saliency", "cos_margin", "cos_direction", "bound_holds_frac")
+
+
+def sweep_metrics(per_sample: dict, sweeps: dict, *, bins: int = 4, min_per_bin: int = 5) -> dict:
+    """Notebook 03's metrics from {model: `measure` output} and {kind: {model: strength}} (weakest first).
+
+    per_model: `summarize` per model; sweep_table: one row per (sweep, model); wang_by_distance: Wang's
+    cosines against boundary distance (`cosine_by_distance`) over the pgd sweep's models (all models if none).
+    """
+    per_model = {k: summarize(v) for k, v in per_sample.items()}
+    table = [{"sweep": kind, "model": k, "strength": s, **{c: per_model[k][c] for c in ("alpha", "rho_lin", "rho_emp")}}
+             for kind, members in sweeps.items() for k, s in members.items() if k in per_model]
+    wang_models = [k for k in sweeps.get("pgd", per_sample) if k in per_sample]
+    dist = {k: per_sample[k]["rho_emp"] for k in wang_models}
+    by_distance = {m: cosine_by_distance(dist, {k: per_sample[k][f"cos_{m}"] for k in wang_models}, bins, min_per_bin)
+                   for m in ("saliency", "margin")}
+    return {"per_model": per_model, "sweep_table": table, "wang_by_distance": by_distance,
+            "wang_models": wang_models}
+
+
+def figure_data(per_sample: dict, metrics: dict) -> dict[str, dict]:
+    """Data of notebook 03's figures (name -> keyword arguments of the `lib.plotting` function)."""
+    keys, wang = list(per_sample), metrics["wang_models"]
+    per, table = metrics["per_model"], metrics["sweep_table"]
+
+    def stacked(names, fields):
+        out = {f: torch.cat([per_sample[k][f].float() for k in names]).numpy() for f in fields}
+        out["group"] = torch.cat([torch.full((len(per_sample[k]["alpha"]),), i) for i, k in enumerate(names)]).numpy()
+        return {**out, "groups": list(names)}
+
+    return {
+        "vs_robustness": {"sweep": [r["sweep"] for r in table], "model": [r["model"] for r in table],
+                          **{f"{c}{e}": [per[r["model"]][f"{c}{s}"] for r in table]
+                             for c in ("alpha", "rho_lin", "rho_emp") for e, s in (("", ""), ("_err", "_sem"))}},
+        "linearization": stacked(keys, ("rho_lin", "rho_emp")),
+        "homogeneity": {"fraction": stacked(keys, ("homogeneity",))["homogeneity"],
+                        "group": stacked(keys, ())["group"], "groups": keys},
+        "bound": {"model": keys, **{f: [per[k][c] for k in keys] for f, c in
+                                    (("holds", "bound_holds_frac"), ("rho_lin", "rho_lin"), ("alpha", "alpha"),
+                                     ("angle", "bound_angle"), ("beta", "bound_beta"))}},
+        "cosines": stacked(wang, ("cos_saliency", "cos_margin", "cos_direction")),
+        "by_distance": {**stacked(wang, ("rho_emp", "cos_saliency", "cos_margin")),
+                        "edges": metrics["wang_by_distance"]["saliency"]["edges"],
+                        "saliency_mean": metrics["wang_by_distance"]["saliency"]["mean"],
+                        "margin_mean": metrics["wang_by_distance"]["margin"]["mean"]},
+    }

@@ -50,8 +50,9 @@ HEAD = ("source", "claim", "paper", "ours", "tolerance", "verdict", "note")
 
 def _md_table(rows) -> list[str]:
     out = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-    return out + [f"| {r.source} | {r.claim} | {r.paper} | {r.ours} | {r.tolerance} | **{r.verdict}** | {r.reason} |"
-                  for r in rows]
+    cells = [[str(getattr(r, k)).replace("|", "\\|") for k in ("source", "claim", "paper", "ours", "tolerance",
+                                                               "verdict", "reason")] for r in rows]
+    return out + [f"| {' | '.join(c[:5])} | **{c[5]}** | {c[6]} |" for c in cells]
 
 
 def _markdown(title, rows, checks, figs, env, timings, run_dir, profile) -> str:
