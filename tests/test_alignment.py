@@ -176,16 +176,17 @@ def test_modes_rng_and_bad_input_untouched():
 
 @pytest.mark.slow
 def test_notebook_03_smoke_metrics(smoke_run):
+    from lib import claims, profiles
     from lib.results import load_metrics
 
-    m = load_metrics(smoke_run, "03_alignment")
-    for kind in ("pgd", "gradnorm"):
-        assert -1 <= m["spearman"][kind] <= 1
-    for key in ("standard", "robust"):
-        assert -1 <= m["boundary_cosine"][key] <= 1
+    m = load_metrics(smoke_run, "03_alignment_theory")
+    assert set(m["per_model"]) == set(claims.sweep_models(profiles.load("smoke")))  # every sweep model measured
     for key, row in m["per_model"].items():
-        assert {"alpha", "rho_lin", "rho_emp", "homogeneity", "bound_holds_frac"} <= set(row), key
-        assert row["bound_holds_frac"] == 1.0  # a theorem: it must hold on every sample
+        assert {"alpha", "rho_lin", "rho_emp", "homogeneity", "cos_saliency", "cos_margin"} <= set(row), key
+        assert row["bound_holds_frac"] == 1.0  # implementation check: a theorem holds on every sample
         assert row["rho_emp_success"] == 1.0
-        assert 0 <= row["homogeneity"] <= 1
+        assert 0 <= row["homogeneity"] <= 1 and -1 <= row["cos_saliency"] <= 1 and -1 <= row["cos_margin"] <= 1
         assert 0.5 < row["rho_lin_over_emp_median"] < 2
+    for name in ("saliency", "margin"):
+        by = m["wang_by_distance"][name]
+        assert set(by["matched"]) == set(m["wang_models"]) and len(by["edges"]) == 3
