@@ -220,7 +220,8 @@ def cosine_vs_distance(rho_emp, cos_saliency, cos_margin, group, groups: list, e
             ax.plot(mids, np.asarray(mean[name], dtype=float), "o-", color=f"C{i}", label=name)
         for e in edges:
             ax.axvline(e, color="0.85", lw=0.6, zorder=0)
-        ax.set(title=title, xlabel="boundary distance ‖x − x_b‖ (L2, pixels)", ylim=(-1.05, 1.05))
+        low = np.nanmin(np.concatenate([np.asarray(cos_saliency), np.asarray(cos_margin), [0.0]]))
+        ax.set(title=title, xlabel="boundary distance ‖x − x_b‖ (L2, pixels)", ylim=(low - 0.05, 1.02))
     axes[0].set_ylabel("cosine")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
