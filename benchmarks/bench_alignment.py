@@ -139,7 +139,8 @@ def searches(eps_list, etmann: dict, old) -> dict:
     """name -> f(model, x, pred) -> distances (N,) (inf/NaN where failed)."""
     out = {
         "new: Etmann mode (ρ̃·2^k, bisection)": lambda m, x, p: boundary.boundary_search(m, x, p, **etmann).distance,
-        "new: Wang mode (ε list)": lambda m, x, p: boundary.boundary_search(m, x, p, eps_list=eps_list, steps=10).distance,
+        "new: Wang mode (ε list)": lambda m, x, p: boundary.boundary_search(m, x, p, eps_list=eps_list,
+                                                                            steps=10).distance,
         "new: Wang ε list + bisection": lambda m, x, p: boundary.boundary_search(
             m, x, p, eps_list=eps_list, steps=10, bisect_steps=etmann["bisect_steps"], rtol=etmann["rtol"]).distance,
     }
@@ -182,7 +183,8 @@ def bench_radius(repeats: int, run_dir: Path | None, old_rev: str | None) -> lis
         for k, v in out.items():
             ratio = (v / out[ref]).nanmedian()
             lines.append(f"| radius, default `{key}`, 256 images | {k} | {t[k] * 1000:.0f} ms | {t[k] / t[ref]:.2f} | "
-                         f"median radius / Etmann mode {ratio:.3f}, success {float(torch.isfinite(v).float().mean()):.2f} | |")
+                         f"median radius / Etmann mode {ratio:.3f}, "
+                         f"success {float(torch.isfinite(v).float().mean()):.2f} | |")
     return lines
 
 

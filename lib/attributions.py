@@ -373,8 +373,8 @@ def explain(model, x: torch.Tensor, target: torch.Tensor, cfg: dict, *, backgrou
     sg = dict(samples=cfg["smoothgrad"]["samples"], sigma=cfg["smoothgrad"]["sigma"], seed=seed, batch_size=bs)
     boundary = None
     if set(cfg["methods"]) & set(BOUNDARY_METHODS):
-        b, t0 = cfg["boundary"], time.perf_counter()
-        boundary = boundary_search(model, x, target, eps_list=b["eps"], seed=seed, **{k: v for k, v in b.items() if k != "eps"})
+        b, t0 = {k: v for k, v in cfg["boundary"].items() if k != "eps"}, time.perf_counter()
+        boundary = boundary_search(model, x, target, eps_list=cfg["boundary"]["eps"], seed=seed, **b)
         seconds["boundary_search"] = time.perf_counter() - t0
     run = {
         "saliency": lambda: saliency(model, x, target),

@@ -216,7 +216,8 @@ def etmann(summary: dict, profile: dict) -> list[Claim]:
 def wang(summary: dict, profile: dict) -> list[Claim]:
     """Wang 2022: robust models' gradients align with the boundary normal (SM vs BSM, and margin gradients),
     over the pgd sweep; also at matched boundary distance, since robust boundaries are farther away."""
-    nb, per, pgd = "03_alignment_theory", get(summary, "03_alignment_theory.per_model") or {}, sweeps(profile).get("pgd", {})
+    nb, pgd = "03_alignment_theory", sweeps(profile).get("pgd", {})
+    per = get(summary, f"{nb}.per_model") or {}
     rows = []
     for name, key, what in (("saliency", "cos_saliency", "cos(∇Ψ(x), ∇Ψ(x_b))"),
                             ("margin", "cos_margin", "cos(∇(Ψⁱ−Ψʲ)(x), ∇(Ψⁱ−Ψʲ)(x_b))")):

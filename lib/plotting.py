@@ -113,7 +113,8 @@ def alignment_vs_robustness(sweep: list, model: list, alpha: list, alpha_err: li
     for ax, kind in zip(axes[0], kinds):
         rows = [i for i, s in enumerate(sweep) if s == kind]
         a, ae = np.asarray(alpha)[rows], np.asarray(alpha_err)[rows]
-        for x, xe, label, mk in ((rho_lin, rho_lin_err, "linearized ρ̃", "o-"), (rho_emp, rho_emp_err, "empirical ρ", "s--")):
+        for x, xe, label, mk in ((rho_lin, rho_lin_err, "linearized ρ̃", "o-"),
+                                 (rho_emp, rho_emp_err, "empirical ρ", "s--")):
             x, xe = np.asarray(x)[rows], np.asarray(xe)[rows]
             ax.errorbar(x, a, xerr=xe, yerr=ae, fmt=mk, capsize=2, label=label, mfc="white" if "s" in mk else None)
         for i in rows:
@@ -195,7 +196,8 @@ def bound_check(model: list, holds: list, rho_lin: list, alpha: list, angle: lis
 
 
 def boundary_cosine(cos_saliency, cos_margin, cos_direction, group, groups: list):
-    """Wang's measure per model: cos(∇Ψ(x), ∇Ψ(x_b)) (SM vs BSM), cos(∇(Ψⁱ−Ψʲ)(x), ∇(Ψⁱ−Ψʲ)(x_b)), cos(∇Ψ(x), x − x_b)."""
+    """Wang's measure per model: cos(∇Ψ(x), ∇Ψ(x_b)) (SM vs BSM), cos(∇(Ψⁱ−Ψʲ)(x), ∇(Ψⁱ−Ψʲ)(x_b)),
+    cos(∇Ψ(x), x − x_b)."""
     names = np.asarray(groups)[np.asarray(group)]
     measures = [(cos_saliency, "cos(∇Ψ(x), ∇Ψ(x_b))"), (cos_margin, "cos(∇(Ψⁱ−Ψʲ)(x), ∇(Ψⁱ−Ψʲ)(x_b))"),
                 (cos_direction, "cos(∇Ψ(x), x − x_b)")]

@@ -64,7 +64,8 @@ def _markdown(title, rows, checks, figs, env, timings, run_dir, profile) -> str:
     out += _md_table(rows)
     n = {v: sum(r.verdict == v for r in rows) for v in claims.VERDICTS}
     out += ["", f"{n['holds']} hold, {n['differs']} differ, {n['not measured']} not measured.", "",
-            "## Implementation checks", "", "Theorems that hold unless the code is wrong: not evidence for a claim.", ""]
+            "## Implementation checks", "",
+            "Theorems that hold unless the code is wrong: not evidence for a claim.", ""]
     out += _md_table(checks) + ["", "## Figures", ""]
     out += [f"- [{p.stem}]({os.path.relpath(p, run_dir)})" for p in figs]
     out += ["", "## Environment", ""] + [f"- {line}" for line in _env_lines(env, profile)]
@@ -76,7 +77,8 @@ def _markdown(title, rows, checks, figs, env, timings, run_dir, profile) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;width:100%;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f3f3f3}.holds{background:#e3f6e3}.differs{background:#fbe3e3}.not{background:#f1f1f1;color:#777}
-figure{display:inline-block;margin:8px;vertical-align:top;max-width:520px}figure img{max-width:100%;border:1px solid #ddd}
+figure{display:inline-block;margin:8px;vertical-align:top;max-width:520px}
+figure img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:12px;color:#555}"""
 
 _CHECK = """<script>window.addEventListener('load',function(){var im=document.images,ok=0;

@@ -34,7 +34,8 @@ def test_report_files_list_every_figure_every_claim_and_embed_images(tmp_path):
     text = md.read_text()
     assert "01_a" in text and "02_b" in text and "| 01_training | 12 |" in text
     for row in claims.evaluate(summary, prof) + claims.checks(summary, prof):
-        assert "| " + row.claim.replace("|", "\\|") + " |" in text and row.claim in page.read_text().replace("&#x27;", "'")
+        assert "| " + row.claim.replace("|", "\\|") + " |" in text
+        assert row.claim in page.read_text().replace("&#x27;", "'")
     assert "## Implementation checks" in text
     assert page.read_text().count("data:image/png;base64,") == 2
 
@@ -48,8 +49,8 @@ def test_missing_summary_says_what_to_run(tmp_path):
 def test_report_renders_with_its_images_in_headless_chromium(tmp_path):
     (_, page), _, _ = _write(tmp_path)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}",
-             "--virtual-time-budget=5000"]
+             "--disable-component-update", "--disable-sync", "--disable-quic",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert 'data-images-loaded="2/2"' in dom.stdout, dom.stderr[-2000:]
     shot = tmp_path / "report.png"
