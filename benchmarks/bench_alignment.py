@@ -195,13 +195,15 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "default",
                     help="where trained default-profile models live (optional)")
     ap.add_argument("--old", default=None, help="git revision whose lib/boundary.py holds the two old searches")
+    ap.add_argument("--radius-only", action="store_true", help="skip the ρ̃ rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch {metadata.version('torch')}, "
           f"min of {args.repeats} interleaved repeats\n")
     print("| task | method | time | ratio to ours | agreement | Jacobian memory |")
     print("|---|---|---|---|---|---|")
-    for line in bench_linearized(args.repeats) + bench_radius(args.repeats, args.run_dir, args.old):
+    for line in (([] if args.radius_only else bench_linearized(args.repeats))
+                 + bench_radius(args.repeats, args.run_dir, args.old)):
         print(line, flush=True)
 
 
