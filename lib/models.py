@@ -27,6 +27,18 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class FakeReLU(torch.autograd.Function):
+    """ReLU forward, identity backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
 class Classifier(nn.Module):
     """logits = head(body(normalize(x))); x: (N,C,H,W) in [0,1]."""
 
@@ -34,9 +46,21 @@ class Classifier(nn.Module):
         super().__init__()
         self.normalize, self.body, self.head = normalize, body, head
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """R(x): (N, D) penultimate representation."""
-        return self.body(self.normalize(x))
+    def features(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
+        """R(x): (N, D) penultimate representation.
+
+        fake_relu: the body's final ReLU (before pooling / the head) stays a ReLU in the forward pass but
+        passes the gradient through unchanged, as MadryLab's and Boychev's `fake_relu=True`, so a unit
+        that is 0 still receives a gradient (inversion, feature visualisation, generation).
+        """
+        if not fake_relu:
+            return self.body(self.normalize(x))
+        relus = [m for m in self.body.modules() if isinstance(m, nn.ReLU)]
+        hook = relus[-1].register_forward_hook(lambda mod, inp, out: FakeReLU.apply(inp[0]))
+        try:
+            return self.body(self.normalize(x))
+        finally:
+            hook.remove()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
