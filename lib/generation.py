@@ -32,6 +32,12 @@ def fit_normals(train, test, g: dict) -> dict:
     return visualize.fit_class_normals(ds, grain=g["grain"], shrinkage=g["shrinkage"], max_images=g.get("max_images"))
 
 
+def class_seeds(train, test, g: dict, per_class: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """per_class seeds of every class from normals fitted on g["seeds_from"]: (K·per_class,C,H,W) in [0,1]
+    and their classes (K·per_class,), grouped by class."""
+    return visualize.class_seed_set(train, per_class, seed=seed, normals=fit_normals(train, test, g))
+
+
 def generate(nets: dict, seeds: torch.Tensor, y: torch.Tensor, g: dict, *, device="cpu",
              fake_relu: bool = True) -> dict:
     """key -> images (N,C,H,W) in [0,1] on the CPU: each model maximises the class logit y from the same seeds."""
@@ -82,13 +88,15 @@ class FDStudy:
     n_per_set: int = 0
 
 
-def fd_study(nets: dict, extractors: dict, train, test, normals: dict, fsec: dict, g: dict, *,
+def fd_study(nets: dict, extractors: dict, train, test, fsec: dict, g: dict, *,
              device="cpu", fake_relu: bool = True, batch_size: int = 500) -> FDStudy:
     """For each seed in fsec["seeds"]: a class-balanced train draw (real), fsec["per_class"] seeds per class
-    from `normals`, and each model's generations from those seeds; their FD to `test` in every feature space,
+    (normals fitted on g["seeds_from"]), and each model's generations from those seeds; their FD to `test` in
+    every feature space,
     each extractor's accuracy on them (domain classifiers only), and per-class FD where `fid.per_class_fd`'s
     rule allows."""
     sets = ["real", "seeds", *nets]
+    normals = fit_normals(train, test, g)
     study = FDStudy({n: fid.describe(e) for n, e in extractors.items()}, sets)
     ref = {n: fid.activations(test, e, batch_size, device=device, progress=False) for n, e in extractors.items()}
     ref_y = test.labels.numpy()
@@ -122,17 +130,12 @@ def fd_table(study: FDStudy, paper: dict | None = None) -> pd.DataFrame:
         label = f"{n}: {study.spaces[n]['label']}"
         cols[label] = {s: np.mean(v) for s, v in d.items()}
         cols[f"{n}: std"] = {s: np.std(v) for s, v in d.items()}
-        if study.spaces[n]["test_acc"] is not None:
+        if all(a is not None for v in study.accuracy[n].values() for a in v):  # not Inception
             cols[f"{n}: accuracy (%)"] = {s: np.mean(v) for s, v in study.accuracy[n].items()}
     table = pd.DataFrame(cols).loc[study.sets]
     if paper:
         table["paper (FID)"] = pd.Series(paper)
     return table
-
-
-def spaces_table(study: FDStudy) -> pd.DataFrame:
-    """One row per feature space: what it is (label, extractor, training mode, seed, test accuracy)."""
-    return pd.DataFrame(study.spaces).T
 
 
 def bars(study: FDStudy) -> dict:

@@ -236,3 +236,32 @@ def test_smoke_notebook_metrics(smoke_run):
             assert space["fd"][key] > 0 and space["fd_std"][key] >= 0 and 0 <= space["accuracy"][key] <= 100
         assert space["fd"]["real"] < min(space["fd"][k] for k in m["sets"][1:])  # real images are the floor
         assert space["per_class"] is None and "n ≥ d" in space["per_class_reason"]  # 10 per class < d
+
+
+def test_fd_study_measures_every_set_in_every_space():
+    from lib import data, generation
+
+    train, test = data.load("digits", "train"), data.load("digits", "test")
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        nets = {k: models.build("small_cnn", 10, 1, 8, width=4).eval() for k in ("standard", "robust")}
+        spaces = {"a": _domain_net(), "b": models.build("small_cnn", 10, 1, 8, width=2).eval()}
+    g = {"grain": 4, "shrinkage": 0.01, "seeds_from": "test", "eps": 1.0, "step_size": 0.2, "iters": 2}
+    fsec = {"seeds": [0], "per_class": 3}
+    study = generation.fd_study(nets, spaces, train, test, fsec, g, batch_size=200)
+    assert study.sets == ["real", "seeds", "standard", "robust"] and study.n_per_set == 30
+    seeds, y = generation.class_seeds(train, test, g, 3, seed=0)  # the same draws, fitted on test
+    for name, ext in spaces.items():
+        ref = fid.activations(test, ext, progress=False)
+        expect = fid.frechet_of(fid.activations(seeds, ext, progress=False), ref)
+        assert study.per_seed[name]["seeds"][0] == pytest.approx(expect, rel=1e-9)
+        assert study.accuracy[name]["seeds"][0] == pytest.approx(fid.accuracy(ext, seeds, y))
+        assert "not computed" in study.per_class_reason[name]  # 3 per class < d
+    train_seeds, _ = generation.class_seeds(train, test, {**g, "seeds_from": "train"}, 3, seed=0)
+    assert not torch.equal(train_seeds, seeds)
+    with pytest.raises(ValueError, match="seeds_from"):
+        generation.class_seeds(train, test, {**g, "seeds_from": "val"}, 3)
+    m = generation.summary_metrics(study, test.classes)
+    assert m["fd_primary"] == "a" and m["fd"] == m["fd_spaces"]["a"]["fd"] and m["models"] == ["standard", "robust"]
+    table = generation.fd_table(study, {"real": 5.0})
+    assert list(table.index) == study.sets and "b: accuracy (%)" in table and table.loc["real", "paper (FID)"] == 5.0

@@ -244,3 +244,26 @@ def test_compared_models_follow_the_pgd_sweep():
     assert V.paper_values({"paper": {"standard": {"fid": 1.0}, "real": {"fid": 2.0}}}, "fid") == \
         {"standard": 1.0, "real": 2.0}
     assert V.paper_values({"paper": None}, "fid") is None
+
+
+def test_inversion_study_reports_both_statistics(net, digits):
+    from lib import inversion
+
+    _, test = digits
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        other = models.build("small_cnn", 10, 1, 8, width=4)
+    inv = {"n": 2, "source": "triple", "eps": 10.0, "step_size": 0.1, "iters": 5}
+    res = inversion.invert_all({"standard": net, "robust": other}, test, inv)
+    assert res.group == 3 and len(res.x_targ) == 6 and set(res.inverted) == {"standard", "robust"}
+    dist = inversion.feature_distances(res, other)
+    table = inversion.distance_table(dist, {"standard": 30.1})
+    assert list(table.index) == ["source", "standard", "robust"]
+    ratio = table["ratio Boychev / ours"]
+    assert ((ratio >= 3 ** 0.5 - 1e-9) & (ratio <= 3 + 1e-9)).all()
+    m = inversion.summary_metrics(res, dist, "FD-x", {"standard": 30.1})
+    assert m["feature_distance_boychev"]["standard"] == pytest.approx(table.loc["standard", inversion.BOYCHEV_COLUMN])
+    assert m["n_targets"] == 2 and m["models"] == ["standard", "robust"]
+    single = inversion.invert_all({"standard": net}, test, {**inv, "source": "image"})
+    assert inversion.summary_metrics(single, inversion.feature_distances(single, other), "FD-x", None)[
+        "feature_distance_boychev"] is None  # his statistic needs triples
