@@ -229,7 +229,8 @@ def test_smoke_notebook_metrics(smoke_run):
 
     m = json.loads((smoke_run / "metrics" / "06_fid.json").read_text())["metrics"]
     assert m["fd_name"].startswith("FD-")  # 8×8 digits: never labelled FID
-    assert set(m["fd_spaces"]) == {"standard_cnn", "robust_cnn"} and m["sets"] == ["real", "seeds", "standard", "robust"]
+    assert set(m["fd_spaces"]) == {"standard_cnn", "robust_cnn"}
+    assert m["sets"] == ["real", "seeds", "standard", "robust"]
     for space in m["fd_spaces"].values():
         assert space["mode"] in ("standard", "pgd") and space["label"].startswith("FD-")
         for key in m["sets"]:
