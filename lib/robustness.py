@@ -118,3 +118,16 @@ def _cached(run_dir, key: str, cfg: dict, settings: dict, compute) -> dict:
     result = compute()
     write_json(path, {"model": key, "settings": settings, "result": result})
     return result
+
+
+def summary(table, ev: dict) -> dict:
+    """Notebook 01's metrics: every row by model key, and the robust − standard gaps (None if uncomputed)."""
+    rows = table.set_index("model").astype(object).where(table.set_index("model").notna(), None)
+
+    def gap(col, a="robust", b="standard"):
+        x, y = rows.loc[a, col], rows.loc[b, col]
+        return None if x is None or y is None else float(x) - float(y)
+
+    return {"models": rows.to_dict("index"), "eval": ev, "robust_minus_standard_pgd": gap("pgd_acc"),
+            "robust_minus_standard_apgd": gap("apgd_acc"),
+            "standard_minus_robust_clean": gap("clean_acc", "standard", "robust")}
