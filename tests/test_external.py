@@ -82,10 +82,10 @@ def test_torchvision_resnet18(tmp_path):
     assert model.meta["external"] and len(model.meta["sha256"]) == 64
 
 
-def test_madrylab_imagenet_resnet50_uses_its_normaliser_buffers(tmp_path):
-    ref = _tv_resnet("resnet50")
+def test_madrylab_imagenet_resnet_uses_its_normaliser_buffers(tmp_path):
+    ref = _tv_resnet("resnet18")  # their ImageNet ResNets are torchvision's; resnet18 keeps the test fast
     torch.save(_madry(ref.state_dict(), MEAN, STD), tmp_path / "imagenet_l2_3_0.pt")
-    model = zoo.load_external(_cfg("madrylab", tmp_path / "imagenet_l2_3_0.pt", "resnet50"))
+    model = zoo.load_external(_cfg("madrylab", tmp_path / "imagenet_l2_3_0.pt", "resnet18"))
     _same_logits(model, ref, MEAN, STD)
 
 
@@ -111,12 +111,11 @@ def test_boychev_cifar_and_small_imagenet(tmp_path):
 
 
 def test_robustbench_resnet_with_mu_sigma_and_module_prefix(tmp_path):
-    ref = _tv_resnet("resnet50", cifar=True)
+    ref = _tv_resnet("resnet18", cifar=True)
     state = {"module." + k: v for k, v in _cifar_names(ref.state_dict()).items()}
     state["module.mu"], state["module.sigma"] = (torch.tensor(s).view(1, 3, 1, 1) for s in (MEAN, STD))
-    torch.save({"state_dict": state}, tmp_path / "Engstrom2019Robustness.pt")
-    model = zoo.load_external(_cfg("robustbench", tmp_path / "Engstrom2019Robustness.pt",
-                                   name="Engstrom2019Robustness"))
+    torch.save({"state_dict": state}, tmp_path / "Sehwag2021Proxy_R18.pt")
+    model = zoo.load_external(_cfg("robustbench", tmp_path / "Sehwag2021Proxy_R18.pt", name="Sehwag2021Proxy_R18"))
     _same_logits(model, ref, MEAN, STD)
 
 
