@@ -122,6 +122,7 @@ def test_apgd_targets_add_strength_and_bad_arguments_raise(digits_models, digits
 
 def test_torchattacks_is_installed_without_its_requests_pin():
     import importlib.metadata
+
     import tomllib
 
     from conftest import ROOT
