@@ -155,21 +155,24 @@ def _resnet(block, layers, in_channels: int, cifar_stem: bool):
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation block whose projection shortcut starts from the activated input (RobustBench's
-    PreActBlockV2, Rice et al. 2020): relu(bn1(x)) -> conv1 -> relu(bn2) -> conv2, plus shortcut."""
+    """Pre-activation block: relu(bn1(x)) -> conv1 -> relu(bn2) -> conv2, plus x, or plus a 1×1 projection
+    of relu(bn1(x)) when the shape changes. The projection's name is the source's: `shortcut.0` in
+    RobustBench's PreActBlockV2 (Rice et al. 2020), `convShortcut` in TRADES' WideResNet block."""
 
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, proj: str = "shortcut"):
         super().__init__()
         self.bn1, self.relu1 = nn.BatchNorm2d(cin), nn.ReLU()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn2, self.relu2 = nn.BatchNorm2d(cout), nn.ReLU()
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False))
+        self.proj = proj if (stride != 1 or cin != cout) else None
+        if self.proj:
+            conv = nn.Conv2d(cin, cout, 1, stride, bias=False)
+            setattr(self, proj, nn.Sequential(conv) if proj == "shortcut" else conv)
 
     def forward(self, x):
         out = self.relu1(self.bn1(x))
-        skip = self.shortcut(out) if hasattr(self, "shortcut") else x
+        skip = getattr(self, self.proj)(out) if self.proj else x
         return self.conv2(self.relu2(self.bn2(self.conv1(out)))) + skip
 
 
@@ -188,33 +191,13 @@ def _preact_resnet(layers, in_channels: int):
     return nn.Sequential(OrderedDict(mods)), cin
 
 
-class WideBlock(nn.Module):
-    """WideResNet block (TRADES/RobustBench layout): pre-activation; when the width changes, the
-    1×1 `convShortcut` and the residual branch both start from relu(bn1(x))."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.bn1, self.relu1 = nn.BatchNorm2d(cin), nn.ReLU()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2, self.relu2 = nn.BatchNorm2d(cout), nn.ReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.equal = cin == cout
-        if not self.equal:
-            self.convShortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
-
-    def forward(self, x):
-        out = self.relu1(self.bn1(x))
-        skip = x if self.equal else self.convShortcut(out)
-        return self.conv2(self.relu2(self.bn2(self.conv1(out)))) + skip
-
-
 class _Stage(nn.Module):
-    """RobustBench's NetworkBlock: a `layer` of WideBlocks (kept for its state-dict names)."""
+    """RobustBench's NetworkBlock: a `layer` of pre-activation blocks (kept for its state-dict names)."""
 
     def __init__(self, n: int, cin: int, cout: int, stride: int):
         super().__init__()
-        self.layer = nn.Sequential(*[WideBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1)
-                                     for j in range(n)])
+        self.layer = nn.Sequential(*[PreActBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1,
+                                                 proj="convShortcut") for j in range(n)])
 
     def forward(self, x):
         return self.layer(x)

@@ -123,38 +123,35 @@ def _bn(sd, p, t):
     return F.batch_norm(t, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"])
 
 
-def _wrn_reference(sd, depth):
-    """WideResNet forward written from RobustBench's state-dict names (TRADES layout), functionally."""
+def _preact_block(sd, p, out, stride, proj):
+    """One pre-activation block from its state-dict names, functionally (RobustBench/TRADES semantics)."""
+    act = F.relu(_bn(sd, p + ".bn1", out))
+    skip = F.conv2d(act, sd[f"{p}.{proj}"], stride=stride) if f"{p}.{proj}" in sd else out
+    h = F.conv2d(act, sd[p + ".conv1.weight"], stride=stride, padding=1)
+    return F.conv2d(F.relu(_bn(sd, p + ".bn2", h)), sd[p + ".conv2.weight"], padding=1) + skip
+
+
+def _reference(sd, blocks, proj, last_bn, pool, head):
+    """conv1 -> pre-activation blocks (name, stride) -> relu(bn) -> average pool -> linear head."""
     def forward(x):
         out = F.conv2d(x, sd["conv1.weight"], padding=1)
-        for b in (1, 2, 3):
-            for j in range((depth - 4) // 6):
-                p, stride = f"block{b}.layer.{j}", 2 if (b > 1 and j == 0) else 1
-                act = F.relu(_bn(sd, p + ".bn1", out))
-                skip = F.conv2d(act, sd[p + ".convShortcut.weight"], stride=stride) \
-                    if p + ".convShortcut.weight" in sd else out
-                h = F.conv2d(act, sd[p + ".conv1.weight"], stride=stride, padding=1)
-                out = F.conv2d(F.relu(_bn(sd, p + ".bn2", h)), sd[p + ".conv2.weight"], padding=1) + skip
-        out = F.avg_pool2d(F.relu(_bn(sd, "bn1", out)), 8).flatten(1)
-        return F.linear(out, sd["fc.weight"], sd["fc.bias"])
+        for p, stride in blocks:
+            out = _preact_block(sd, p, out, stride, proj)
+        out = F.avg_pool2d(F.relu(_bn(sd, last_bn, out)), pool).flatten(1)
+        return F.linear(out, sd[head + ".weight"], sd[head + ".bias"])
     return forward
+
+
+def _wrn_reference(sd, depth):
+    """RobustBench's WideResNet (TRADES layout): blockB.layer.J, convShortcut, bn1, fc."""
+    blocks = [(f"block{b}.layer.{j}", 2 if (b > 1 and j == 0) else 1) for b in (1, 2, 3) for j in range((depth - 4) // 6)]
+    return _reference(sd, blocks, "convShortcut.weight", "bn1", 8, "fc")
 
 
 def _preact_reference(sd):
-    """RobustBench's PreActResNet-18 (PreActBlockV2, BN before the head), functionally."""
-    def forward(x):
-        out = F.conv2d(x, sd["conv1.weight"], padding=1)
-        for layer in (1, 2, 3, 4):
-            for j in (0, 1):
-                p, stride = f"layer{layer}.{j}", 2 if (layer > 1 and j == 0) else 1
-                act = F.relu(_bn(sd, p + ".bn1", out))
-                skip = F.conv2d(act, sd[p + ".shortcut.0.weight"], stride=stride) \
-                    if p + ".shortcut.0.weight" in sd else out
-                h = F.conv2d(act, sd[p + ".conv1.weight"], stride=stride, padding=1)
-                out = F.conv2d(F.relu(_bn(sd, p + ".bn2", h)), sd[p + ".conv2.weight"], padding=1) + skip
-        out = F.avg_pool2d(F.relu(_bn(sd, "bn", out)), 4).flatten(1)
-        return F.linear(out, sd["linear.weight"], sd["linear.bias"])
-    return forward
+    """RobustBench's PreActResNet-18 (PreActBlockV2, BN before the head): layerL.J, shortcut.0, bn, linear."""
+    blocks = [(f"layer{b}.{j}", 2 if (b > 1 and j == 0) else 1) for b in (1, 2, 3, 4) for j in (0, 1)]
+    return _reference(sd, blocks, "shortcut.0.weight", "bn", 4, "linear")
 
 
 @pytest.mark.parametrize("name", ["Rice2020Overfitting", "Wu2020Adversarial"])
