@@ -5,7 +5,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data reproduce test test-fast figures lint clean-runs
+.PHONY: help setup hooks data reproduce test test-fast figures lint clean-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-11s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed  ## create .venv and install robinterp with its dependencies
 
+hooks: setup  ## install the git pre-commit hooks (nbstripout, ruff; offline)
+	$(VENV)/bin/pre-commit install
+
 data: setup  ## make the profile's dataset loadable offline (Fashion-MNIST for default)
 	$(PY) -c "from lib import data, profiles; print(data.prepare(profiles.load('$(PROFILE)')['dataset']))"
 
@@ -29,14 +32,14 @@ reproduce: setup data  ## run every numbered notebook with papermill (PROFILE=de
 test: setup  ## run the test suite (CPU, no network)
 	$(PY) -m pytest
 
-test-fast: setup  ## the tests without the slow (notebook, multi-process) ones
+test-fast: setup  ## the tests without the slow ones: nothing that runs a notebook or several processes
 	$(PY) -m pytest -m "not slow"
 
 figures: setup  ## redraw every figure and the report of PROFILE from saved data, no recomputation
 	$(PY) -m lib.figures --profile $(PROFILE)
 
-lint: setup  ## ruff
-	$(PY) -m ruff check lib tests benchmarks
+lint: setup  ## ruff on the code and the notebooks (line length, imports, bugs)
+	$(PY) -m ruff check lib tests benchmarks notebooks
 
 clean-runs:  ## delete runs/ (trained models, executed notebooks, metrics)
 	rm -rf runs

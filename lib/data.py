@@ -106,6 +106,22 @@ def loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0
                       persistent_workers=num_workers > 0)
 
 
+def sample_images(ds, n: int, seed: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n images drawn from `ds` by `seed`: (x (n,C,H,W) in [0,1], labels (n,), dataset indices (n,))."""
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    items = [ds[int(i)] for i in idx]
+    x = torch.stack([im for im, _ in items]).to(device)
+    return x, torch.tensor([int(label) for _, label in items], device=device), idx
+
+
+def grid_rows(y: torch.Tensor, preds: dict, n_rows: int, n_wrong: int) -> list[int]:
+    """Rows for a figure grid: up to n_wrong images some model gets wrong, the rest right, in draw order."""
+    wrong = torch.stack([p != y for p in preds.values()]).any(0).cpu()
+    bad = wrong.nonzero().flatten()[:n_wrong]
+    good = (~wrong).nonzero().flatten()[:n_rows - len(bad)]
+    return sorted(torch.cat([good, bad]).tolist())
+
+
 def _seed_worker(worker_id: int) -> None:
     import random
 
