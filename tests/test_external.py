@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from lib import checkpoints, models, profiles, zoo
+from lib import checkpoints, models, profiles, robustness, zoo
 
 MEAN, STD = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)  # deliberately not any dataset's: the file's own must be used
 
@@ -273,3 +273,25 @@ def test_profile_model_loads_through_get_model(tmp_path):
                                                          "arch": "resnet18_cifar"}}})
     model = zoo.get_model(prof, "robust", tmp_path / "run", train_if_missing=False)
     _same_logits(model, ref, *zoo.CIFAR_MADRY)
+
+
+def test_external_models_get_notebook_01_rows_and_the_cache_is_reused(tmp_path):
+    ref = _tv_resnet("resnet18")
+    ref.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # digits are 1×8×8
+    torch.save(_seeded(ref).state_dict(), tmp_path / "r18.pth")
+    entry = {"source": "torchvision", "path": str(tmp_path / "r18.pth"), "arch": "resnet18", "mean": [0.5],
+             "std": [0.25]}
+    prof = profiles.load("smoke", {"models": {"standard": entry, "robust": entry},
+                                   "eval": {"test_images": 16, "steps": 2,
+                                            "apgd": {"images": 8, "steps": 3, "targets": 1}}})
+    trained = {k: zoo.get_model(prof, k, tmp_path / "run") for k in ("standard", "robust")}
+    table = robustness.accuracy_table(prof, trained, tmp_path / "run", progress=False)
+    row = table.set_index("model").loc["robust"]
+    assert row["source"] == "torchvision" and row["test_images"] == 16 and row["apgd_images"] == 8
+    assert 0 <= row["apgd_acc"] <= row["clean_acc_apgd_images"] and row["pgd_acc"] <= row["clean_acc"]
+    cached = sorted((tmp_path / "run" / "robustness").glob("*.json"))
+    assert len(cached) == 4  # per model: test metrics and APGD
+    again = robustness.accuracy_table(prof, trained, tmp_path / "run", progress=False)
+    assert again.equals(table)
+    metrics = robustness.summary(table, prof["eval"])
+    assert metrics["robust_minus_standard_apgd"] == 0.0 and metrics["models"]["robust"]["eps"] is None
