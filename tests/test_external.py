@@ -144,7 +144,8 @@ def _reference(sd, blocks, proj, last_bn, pool, head):
 
 def _wrn_reference(sd, depth):
     """RobustBench's WideResNet (TRADES layout): blockB.layer.J, convShortcut, bn1, fc."""
-    blocks = [(f"block{b}.layer.{j}", 2 if (b > 1 and j == 0) else 1) for b in (1, 2, 3) for j in range((depth - 4) // 6)]
+    blocks = [(f"block{b}.layer.{j}", 2 if (b > 1 and j == 0) else 1)
+              for b in (1, 2, 3) for j in range((depth - 4) // 6)]
     return _reference(sd, blocks, "convShortcut.weight", "bn1", 8, "fc")
 
 
