@@ -206,11 +206,11 @@ def _style(source: str, arch: str) -> str:
 
 
 def _stats(cfg: dict, norm: tuple | None):
-    """Input normalisation: the file's own buffers, else the profile's mean/std, else the source's."""
-    if norm is not None:
-        return norm
+    """Input normalisation: the profile entry's mean/std, else the file's own buffers, else the source's."""
     if cfg.get("mean") is not None:
         return tuple(cfg["mean"]), tuple(cfg["std"])
+    if norm is not None:
+        return norm
     if cfg["source"] == "robustbench":
         return ROBUSTBENCH_CIFAR10_L2[cfg["name"]][1]
     if cfg["source"] == "boychev":
