@@ -141,3 +141,12 @@ def test_smoke_run_measures_every_claim(smoke_run):
     missing = [(r.id, r.reason) for r in rows if r.verdict == "not measured"]
     assert not missing, missing
     assert all(r.notebook in summary for r in rows)
+
+
+@pytest.mark.parametrize("name", profiles.known())
+def test_every_profile_evaluates_and_its_sweep_rows_hold(name):
+    prof = profiles.load(name)
+    rows = claims.evaluate(summary_for(prof), prof)
+    sweep_rows = [r for r in rows if r.tolerance.startswith("Spearman")]
+    assert sweep_rows and all(r.verdict == "holds" for r in sweep_rows if len(r.values) > 1)
+    assert {r.id for r in rows if r.id.startswith("etmann.")} == {f"etmann.{k}" for k in claims.sweeps(prof)}
