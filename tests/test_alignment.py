@@ -190,3 +190,21 @@ def test_notebook_03_smoke_metrics(smoke_run):
     for name in ("saliency", "margin"):
         by = m["wang_by_distance"][name]
         assert set(by["matched"]) == set(m["wang_models"]) and len(by["edges"]) == 3
+
+
+def test_attributions_boundary_alignment_is_the_same_measure():
+    from lib import attributions
+
+    model = affine(shared=5.0)
+    x = interior_images(8, seed=3)
+    pred = model(x).argmax(1)
+    found = boundary.boundary_search(model, x, pred, eps_list=[0.05, 0.1, 0.2, 0.4], steps=10)
+    cos = al.boundary_normal_cosine(model, x, found.points)
+    target = pred.clone()
+    target[0] = (pred[0] + 1) % 10  # not F(x): no Wang measure for that row
+    out = attributions.boundary_alignment(model, x, target, found)
+    assert torch.allclose(out["cos_saliency"][1:], cos.saliency[1:], equal_nan=True)
+    assert torch.allclose(out["cos_margin"][1:], cos.margin[1:], equal_nan=True)
+    assert out["cos_saliency"][0].isnan() and out["cos_grad_boundary_grad"] is out["cos_saliency"]
+    assert torch.allclose(out["cos_saliency"][1:][found.success[1:]], torch.ones(int(found.success[1:].sum())),
+                          atol=1e-4)
