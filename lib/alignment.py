@@ -11,11 +11,12 @@ import math
 from typing import NamedTuple
 
 import torch
-from tqdm.auto import tqdm
 
 from lib.attacks import pgd
 from lib.data import check_images
+from lib.device import exact_fp32
 from lib.models import eval_mode
+from lib.progress import tqdm
 
 CHUNK_BYTES = {"cpu": 2 * 2**20, "other": 256 * 2**20}  # one class chunk of the Jacobian; small chunks
 # stay in cache on a CPU (2.4x faster than one 100 MiB chunk for 1000 classes), large ones fill a GPU
@@ -311,6 +312,7 @@ def boundary_normal_cosine(model, x: torch.Tensor, x_b: torch.Tensor) -> Boundar
 
 # ---------------------------------------------------------------- everything, for a notebook
 
+@exact_fp32
 def measure(model, x: torch.Tensor, *, batch_size: int = 128, chunk: int | None = None, progress: bool = True,
             **attack) -> dict[str, torch.Tensor]:
     """All per-sample quantities of notebook 03 for images x (N,C,H,W) in [0,1]; dict of (N,) CPU tensors.

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from lib import attacks
 from lib.data import check_images
+from lib.device import exact_fp32
 from lib.models import eval_mode
 
 RULES = ("trapezoid", "gausslegendre")
@@ -491,6 +492,7 @@ class Explanations(NamedTuple):
     seconds: dict           # method -> wall seconds (boundary search under "boundary_search")
 
 
+@exact_fp32
 def explain(model, x: torch.Tensor, target: torch.Tensor, cfg: dict, *, background: torch.Tensor,
             seed: int = 0) -> Explanations:
     """Run every method of cfg["methods"] with the parameters of a profile's `attributions` section."""

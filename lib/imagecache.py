@@ -69,7 +69,7 @@ def decode(file: Path, size: int) -> np.ndarray:
         im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
         left, top = (nw - size) // 2, (nh - size) // 2
         im = im.crop((left, top, left + size, top + size))
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        return np.array(im, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
 def _decode_into(args) -> int:

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from lib.attacks import pgd
 from lib.data import check_images
+from lib.device import exact_fp32
 from lib.models import eval_mode
+from lib.progress import tqdm
 
 MAX_SEED_DIMS = 16384  # a full covariance beyond this is too large: fit at a coarse grain instead
 
@@ -29,6 +30,7 @@ def relative_distance(model, x: torch.Tensor, r_targ: torch.Tensor) -> torch.Ten
     return diff / r_targ.flatten(1).norm(dim=1).clamp_min(1e-12)
 
 
+@exact_fp32
 def invert_representation(model, x_src: torch.Tensor, x_targ: torch.Tensor, *, eps: float, step_size: float,
                           iters: int, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
     """Find x = x_src + δ whose representation matches R(x_targ): minimise the per-example relative
@@ -78,6 +80,7 @@ def noise_seeds(n: int, shape, *, seed: int = 0, std: float = 0.05) -> torch.Ten
 
 # ---------------------------------------------------------------- direct feature visualisation
 
+@exact_fp32
 def visualize_feature(model, x_seed: torch.Tensor, index, *, eps: float, step_size: float, iters: int,
                       batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
     """Maximise R(x)_index from x_seed by L2 PGD.
@@ -279,6 +282,7 @@ def balanced_indices(dataset, per_class: int, *, seed: int = 0) -> torch.Tensor:
     return torch.cat(out)
 
 
+@exact_fp32
 def generate_class_images(model, seeds: torch.Tensor, cls, *, eps: float, step_size: float, iters: int,
                           batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
     """Maximise the class logit Ψ^cls(seed + δ) by L2 PGD.
