@@ -39,7 +39,8 @@ CIFAR10_MD5 = {  # torchvision.datasets.CIFAR10's table
     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
     "test_batch": "40351d587109b95175f43aff81a1287e",
 }
-OPTIONS = {"imagenet150": {"image_size": 128, "train_per_class": 600, "val_per_class": 50}}  # Boychev 2023
+OPTIONS = {"imagenet150": {"image_size": 128, "train_per_class": 600, "val_per_class": 50},  # Boychev 2023
+           "cifar10": {"checksums": None}}  # a profile's `dataset_options`; defaults here
 
 
 class ImageTensorDataset(Dataset):
@@ -114,7 +115,7 @@ def load(name: str, split: str, root: str | Path = "data", *, download: bool = F
     root = Path(root)
     if name == "imagenet150":
         return _imagenet150(root, split, **{**OPTIONS[name], **options})
-    train, test = _LOADERS[name](root, download)
+    train, test = _LOADERS[name](root, download, **{**OPTIONS.get(name, {}), **options})
     if split == "test":
         return test
     val_index, train_index = _val_split(len(train), VAL_FRACTION[name])
@@ -236,7 +237,9 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cifar10(root: Path, download: bool):
+def _cifar10(root: Path, download: bool, checksums: dict | None = None):
+    """The official batches, each checked against CIFAR10_MD5; `checksums` (a profile's dataset option)
+    replaces that table for data in the CIFAR-10 format that is not CIFAR-10 (generated test data)."""
     folder = root / "cifar-10-batches-py"
     if not folder.is_dir():
         if download:
@@ -248,7 +251,9 @@ def _cifar10(root: Path, download: bool):
             raise FileNotFoundError(
                 f"CIFAR-10 not found: download {CIFAR10_URL} and extract it so that {folder} exists "
                 f"(or run `python -m lib.data cifar10 --download`).")
-    for fname, md5 in CIFAR10_MD5.items():
+    if checksums is not None and set(checksums) != set(CIFAR10_MD5):
+        raise ValueError(f"dataset option checksums must give the MD5 of exactly {', '.join(CIFAR10_MD5)}")
+    for fname, md5 in (checksums or CIFAR10_MD5).items():
         path = folder / fname
         if not path.is_file():
             raise FileNotFoundError(f"CIFAR-10 file {path} is missing: extract {CIFAR10_URL} into {root} again.")

@@ -10,12 +10,18 @@ statistics are all-reduced, differentiably), so N ranks train the model one proc
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.nn import functional as dist_nn
+
+# torch 2.9+ marks this autograd-aware all-reduce deprecated in favour of _functional_collectives, whose
+# all_reduce has no backward; it still works, so keep logs free of one warning per BatchNorm call.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated",
+                        category=FutureWarning)
 
 
 def rank_world() -> tuple[int, int]:

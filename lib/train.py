@@ -88,6 +88,8 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
     arch = _arch(cfg, train_ds)
     model = models.build(arch["name"], arch["num_classes"], arch["in_channels"], arch["image_size"],
                          **arch["kwargs"]).to(device)
+    if world > 1:  # before the optimizer exists: the conversion makes new parameter tensors
+        distributed.global_batchnorm(model)  # statistics of the global batch, as in one process
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
@@ -109,8 +111,6 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
         state = saved["loop"]
         if rank == 0:
             print(f"resuming {out_dir.name} at epoch {state['epoch']} step {state['step']}")
-    if world > 1:
-        distributed.global_batchnorm(model)  # statistics of the global batch, as in one process
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     attack_model = torch.compile(model) if cfg["compile"] else model
     net = torch.compile(net) if cfg["compile"] else net

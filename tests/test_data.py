@@ -206,3 +206,14 @@ def test_check_images():
         data.check_images(torch.full((1, 1, 2, 2), float("nan")))
     with pytest.raises(TypeError):
         data.check_images(torch.zeros(1, 1, 2, 2, dtype=torch.uint8))
+
+
+def test_cifar10_format_data_with_its_own_checksums(tmp_path):
+    folder, md5 = _fake_cifar(tmp_path)
+    assert len(data.load("cifar10", "test", tmp_path, checksums=md5)) == 10  # a profile's dataset_options
+    with pytest.raises(ValueError, match="exactly data_batch_1"):
+        data.load("cifar10", "test", tmp_path, checksums={"test_batch": md5["test_batch"]})
+    with open(folder / "test_batch", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="test_batch fails its MD5 check"):
+        data.load("cifar10", "test", tmp_path, checksums=md5)
