@@ -7,11 +7,11 @@ import subprocess
 import sys
 import time
 
+import fakedata
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import fakedata
 from conftest import ROOT, tiny_profile, write_profile
 from lib import checkpoints, profiles, train
 
