@@ -19,8 +19,8 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed  ## create .venv and install robinterp with its dependencies
 
-data: setup  ## make the profile's dataset loadable offline (Fashion-MNIST for default)
-	$(PY) -c "from lib import data, profiles; print(data.prepare(profiles.load('$(PROFILE)')['dataset']))"
+data: setup  ## make the profile's dataset loadable offline (as root with apt: Debian's dataset-fashion-mnist)
+	@$(PY) -m lib.data --profile $(PROFILE) --download --apt
 
 reproduce: setup data  ## run every numbered notebook with papermill (PROFILE=default, DEVICE=auto)
 	$(PY) -m lib.pipeline --profile $(PROFILE) --device $(DEVICE)

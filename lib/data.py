@@ -194,14 +194,18 @@ def _fashion_mnist_raw(root: Path, download: bool) -> Path:
                 shutil.copyfileobj(src, dst)
             (raw / f"{f}.part").replace(raw / f)
         return raw
+    failed = ""
     if download:
         from torchvision.datasets import FashionMNIST
 
         print(f"downloading Fashion-MNIST into {root} (torchvision)")
-        FashionMNIST(str(root), train=True, download=True)
-        return raw
+        try:
+            FashionMNIST(str(root), train=True, download=True)
+            return raw
+        except (OSError, RuntimeError, ValueError) as e:  # no network, proxy, corrupt download
+            failed = f" (the download failed: {type(e).__name__})"
     raise FileNotFoundError(
-        f"Fashion-MNIST not found: put the four IDX files in {raw}, or install Debian's package "
+        f"Fashion-MNIST not found{failed}: put the four IDX files in {raw}, or install Debian's package "
         f"(apt-get install dataset-fashion-mnist, files in {DEBIAN_FMNIST}), or run "
         f"`python -m lib.data fashion_mnist --download` to fetch it with torchvision.")
 
@@ -340,12 +344,51 @@ def check_images(x: torch.Tensor, name: str = "x") -> None:
                          "belongs inside the model.")
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    """`python -m lib.data NAME` or `--profile P`: prepare a dataset; a problem is one sentence, exit 1."""
     import argparse
+    import sys
+
+    from lib import profiles
+    from lib.paths import DATA_DIR
 
     p = argparse.ArgumentParser(description="Prepare a dataset so that it loads offline.")
-    p.add_argument("name", choices=NAMES)
-    p.add_argument("--root", default="data")
+    p.add_argument("name", nargs="?", choices=NAMES)
+    p.add_argument("--profile", help="prepare this profile's dataset (with its dataset_options)")
+    p.add_argument("--root", default=str(DATA_DIR))
     p.add_argument("--download", action="store_true", help="allow torchvision to download it")
-    a = p.parse_args()
-    print(prepare(a.name, a.root, download=a.download))
+    p.add_argument("--apt", action="store_true", help="as root with apt-get: install Debian's "
+                   "dataset-fashion-mnist first if Fashion-MNIST is not there (what `make data` does)")
+    a = p.parse_args(argv)
+    try:
+        prof = profiles.load(a.profile) if a.profile else {"dataset": a.name}
+        if not prof["dataset"]:
+            raise ValueError("name a dataset or a --profile")
+        if a.apt and prof["dataset"] == "fashion_mnist":
+            _apt_install_fashion_mnist(Path(a.root))
+        print(prepare(prof["dataset"], a.root, download=a.download, **(prof.get("dataset_options") or {})))
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+        print(f"data: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _apt_install_fashion_mnist(root: Path) -> None:
+    import os
+    import subprocess
+
+    raw = root / "FashionMNIST" / "raw"
+    have = all((raw / f).is_file() for f in MNIST_FILES) or all((DEBIAN_FMNIST / f"{f}.gz").is_file()
+                                                                for f in MNIST_FILES)
+    if have or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    print("installing Debian's dataset-fashion-mnist (apt-get)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]):
+        if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+            print(f"warning: `{' '.join(cmd)}` failed; trying the other sources", flush=True)
+            return
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,12 +3,11 @@ import os
 import pickle
 import struct
 
-import fakedata
 import numpy as np
 import pytest
 import torch
 
-from lib import data, imagecache
+from lib import data, imagecache, synthetic
 
 
 def test_digits_splits_are_disjoint_fixed_and_in_range():
@@ -79,7 +78,7 @@ def test_fashion_mnist_missing_names_all_three_ways(tmp_path, monkeypatch):
 
 
 def _fake_cifar(root, n=10):
-    return fakedata.cifar(root, n)
+    return synthetic.cifar(root, n)
 
 
 def test_cifar10_loads_checked_files(tmp_path, monkeypatch):
@@ -111,7 +110,7 @@ def test_cifar10_real_table_rejects_fake_files_and_missing_says_where(tmp_path):
 
 
 def _fake_imagenet(root, n_classes=150, per_class=1):
-    return fakedata.imagenet(root, per_class)
+    return synthetic.imagenet(root, per_class)
 
 
 def test_imagenet150_imagefolder_with_class_list(tmp_path):
@@ -125,7 +124,7 @@ def test_imagenet150_imagefolder_with_class_list(tmp_path):
 
 
 def test_imagenet150_paper_split_cache_and_rebuild(tmp_path, monkeypatch):
-    base, wnids = fakedata.imagenet(tmp_path, per_class=7, val_per_class=2, size=(20, 26))
+    base, wnids = synthetic.imagenet(tmp_path, per_class=7, val_per_class=2, size=(20, 26))
     opts = {"image_size": 16, "train_per_class": 4, "val_per_class": 2}
     tr, va, te = (data.load("imagenet150", s, tmp_path, **opts) for s in ("train", "val", "test"))
     # per class: 2 val and 4 train from the train folder (disjoint, seeded), test = all of the val folder
@@ -166,9 +165,9 @@ def test_imagenet150_options_are_checked(tmp_path):
 def _formats(tmp_path, monkeypatch):
     """One loaded test split per on-disk format."""
     _fake_mnist_dir(tmp_path / "FashionMNIST" / "raw", gz=False)
-    _, md5 = fakedata.cifar(tmp_path)
+    _, md5 = synthetic.cifar(tmp_path)
     monkeypatch.setattr(data, "CIFAR10_MD5", md5)
-    fakedata.imagenet(tmp_path, per_class=2, size=(12, 12))
+    synthetic.imagenet(tmp_path, per_class=2, size=(12, 12))
     return {"digits": data.load("digits", "test"), "fashion_mnist": data.load("fashion_mnist", "test", tmp_path),
             "cifar10": data.load("cifar10", "test", tmp_path),
             "imagenet150": data.load("imagenet150", "test", tmp_path, image_size=8)}
@@ -217,3 +216,20 @@ def test_cifar10_format_data_with_its_own_checksums(tmp_path):
         f.write(b"x")
     with pytest.raises(ValueError, match="test_batch fails its MD5 check"):
         data.load("cifar10", "test", tmp_path, checksums=md5)
+
+
+def test_fresh_machine_without_data_is_one_sentence_not_a_traceback(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    import torchvision.datasets
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(data, "DEBIAN_FMNIST", tmp_path / "nowhere")
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # not root: no apt-get
+    assert data.main(["fashion_mnist", "--root", str(tmp_path), "--download", "--apt"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.count("\n") == 0 and "the download failed: URLError" in err
+    assert "FashionMNIST/raw" in err and "apt-get install dataset-fashion-mnist" in err and "--download" in err

@@ -7,13 +7,12 @@ import subprocess
 import sys
 import time
 
-import fakedata
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, tiny_profile, write_profile
-from lib import checkpoints, profiles, train
+from lib import checkpoints, profiles, synthetic, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -151,7 +150,7 @@ TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 
 def _resnet_profile(tmp_path):
     """resnet18_cifar (BatchNorm) on generated CIFAR-format files: 2 epochs of 2 steps of 8 images."""
-    _, md5 = fakedata.cifar(tmp_path / "data", n=10)
+    _, md5 = synthetic.cifar(tmp_path / "data", n=10)
     prof = tiny_profile(epochs=2, batch_size=8, lr=0.002, ckpt_every=1, val_images=5, train_subset=16)
     prof.update(dataset="cifar10", arch="resnet18_cifar", arch_kwargs={}, dataset_options={"checksums": md5})
     prof["eval"].update(steps=1, val_steps=1, test_images=10)

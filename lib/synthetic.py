@@ -1,12 +1,16 @@
-"""Tiny generated datasets in the real on-disk formats: CIFAR-10 pickled batches and ImageNet class folders."""
+"""Tiny generated datasets in the real on-disk formats (CIFAR-10 pickled batches, ImageNet class folders with
+classes.txt) and a tiny profile for them: the format tests and `make gpu-check` run the pipeline on these."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import pickle
 from pathlib import Path
 
 import numpy as np
+
+from lib import profiles
 
 CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
 
@@ -14,13 +18,13 @@ CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "
 def cifar(root: Path, n: int = 10, *, learnable: bool = False, seed: int = 0) -> tuple[Path, dict]:
     """root/cifar-10-batches-py with n images per batch file; returns (folder, MD5 table of the files).
 
-    learnable: each class is a bright square in its own place on dim noise, so a tiny model learns it."""
+    learnable: balanced classes, each a bright square in its own place on dim noise (a tiny model learns it)."""
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     md5 = {}
     for name in CIFAR_FILES:
-        labels = rng.integers(0, 10, n)
+        labels = rng.permutation(np.arange(n) % 10) if learnable else rng.integers(0, 10, n)
         data = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
         if learnable:
             data = (data // 4).astype(np.uint8)
@@ -56,3 +60,27 @@ def imagenet(root: Path, per_class: int = 1, val_per_class: int | None = None, *
                 Image.fromarray(img.astype(np.uint8)).save(base / split / wnid / f"{wnid}_{j}.JPEG", quality=90)
     (base / "classes.txt").write_text("\n".join(wnids) + "\n")
     return base, wnids
+
+
+def tiny_profile(dataset: str, options: dict) -> dict:
+    """The smoke profile on another dataset: two models, small_cnn, the domain feature extractor."""
+    prof = copy.deepcopy(profiles.load("smoke"))
+    prof.pop("name")
+    prof.update(dataset=dataset, dataset_options=options)
+    prof["models"] = {k: prof["models"][k] for k in ("standard", "robust")}
+    prof["sweeps"] = {"pgd": {"standard": 0.0, "robust": 0.5}}
+    prof["train"].update(epochs=3)
+    prof["eval"].update(test_images=64)
+    a = prof["attributions"]
+    a.update(n_images=8, background=8, ig={"steps": 8, "rule": "gausslegendre", "baseline": None},
+             smoothgrad={"samples": 4, "sigma": 0.15}, eg={"samples": 8}, shap={"samples": 8},
+             agi={"steps": 5, "step_size": 0.05, "classes": 2})
+    a["boundary"].update(steps=5)
+    prof["alignment"].update(n_images=16, batch_size=16, attack={"steps": 3, "bisect_steps": 3, "rtol": 0.05})
+    v = prof["visualize"]
+    v["inversion"].update(n=4, n_show=4, iters=20)
+    v["feature_vis"].update(iters=10)
+    v["generation"].update(iters=5)
+    prof["fid"].update(per_class=4, seeds=[0])
+    prof["fid"]["extractor"]["epochs"] = 2
+    return prof
