@@ -5,7 +5,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data reproduce test test-fast figures lint clean-runs
+.PHONY: help setup data reproduce test test-fast figures lint clean-runs gpu-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-11s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test-fast: setup  ## the tests without the slow (notebook, multi-process) ones
 
 figures: setup  ## redraw every figure and the report of PROFILE from saved data, no recomputation
 	$(PY) -m lib.figures --profile $(PROFILE)
+
+gpu-check: setup  ## on one GPU (<= 10 min, no downloads): step times, CPU/GPU agreement, memory -> benchmarks/
+	$(PY) benchmarks/gpu_check.py --device $(if $(filter auto,$(DEVICE)),cuda,$(DEVICE))
 
 lint: setup  ## ruff
 	$(PY) -m ruff check lib tests benchmarks
