@@ -5,7 +5,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data reproduce test test-fast figures lint clean-runs gpu-check
+.PHONY: help setup hooks data reproduce test test-fast figures lint clean-runs gpu-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-11s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed  ## create .venv and install robinterp with its dependencies
 
+hooks: setup  ## install the git pre-commit hooks (nbstripout, ruff; offline)
+	$(VENV)/bin/pre-commit install
+
 data: setup  ## make the profile's dataset loadable offline (as root with apt: Debian's dataset-fashion-mnist)
 	@$(PY) -m lib.data --profile $(PROFILE) --download --apt
 
@@ -28,7 +31,7 @@ reproduce: setup data  ## run every numbered notebook with papermill (PROFILE=de
 test: setup  ## run the test suite (CPU, no network)
 	$(PY) -m pytest
 
-test-fast: setup  ## the tests without the slow (notebook, multi-process) ones
+test-fast: setup  ## the tests without the slow ones: nothing that runs a notebook or several processes
 	$(PY) -m pytest -m "not slow"
 
 figures: setup  ## redraw every figure and the report of PROFILE from saved data, no recomputation
@@ -37,8 +40,8 @@ figures: setup  ## redraw every figure and the report of PROFILE from saved data
 gpu-check: setup  ## on one GPU (<= 10 min, no downloads): step times, CPU/GPU agreement, memory -> benchmarks/
 	$(PY) benchmarks/gpu_check.py --device $(if $(filter auto,$(DEVICE)),cuda,$(DEVICE))
 
-lint: setup  ## ruff
-	$(PY) -m ruff check lib tests benchmarks
+lint: setup  ## ruff on the code and the notebooks (line length, imports, bugs)
+	$(PY) -m ruff check lib tests benchmarks notebooks
 
 clean-runs:  ## delete runs/ (trained models, executed notebooks, metrics)
 	rm -rf runs

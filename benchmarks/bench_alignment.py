@@ -2,14 +2,14 @@
 
     .venv/bin/python benchmarks/bench_alignment.py [--repeats 3] [--threads 1] [--run-dir runs/default]
 
-1. Linearized robustness ρ̃ (all classes): `lib.alignment.linearized_robustness` (one forward, class
+1. Linearized robustness ρ̃ (all classes): `lib.boundary.linearized_robustness` (one forward, class
    chunks of a vmapped backward, running minimum) vs torch.func `vmap(jacrev(f))` (the full per-sample
    Jacobian, the library way) vs a Python loop of one backward per class (the reference-code way).
    small_cnn (width 16), 256 Fashion-MNIST-sized images, 10 classes; then 1000 classes on 32 images,
    where the full Jacobian is materialised by torch.func but only one chunk by ours.
    Time: minimum over interleaved repeats (robust to a busy machine). Agreement: max relative difference.
-2. Minimum-norm L2 radius: `lib.alignment.min_norm_attack` (bisection over ε of margin-PGD) vs
-   `lib.attributions.boundary_search` (PGD over an increasing ε list + segment bisection, the reference
+2. Minimum-norm L2 radius: `lib.boundary.min_norm_attack` (bisection over ε of margin-PGD) vs
+   `lib.boundary.boundary_search` (PGD over an increasing ε list + segment bisection, the reference
    code's method) on a 10-class affine model, where the exact distance is known; and, when a trained
    default-profile model exists under --run-dir, the ratio of the two radii on it.
 """
@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from lib import alignment as al
-from lib import attributions, models, profiles
+from lib import boundary, models, profiles
 from lib.experiment import Context
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,12 +97,12 @@ def bench_linearized(repeats: int) -> list[str]:
         torch.manual_seed(0)
         model = models.build("small_cnn", k, 1, 28, width=16).eval()
         x = images(n)
-        fns = {"ours": lambda m=model, x=x: al.linearized_robustness(m, x),
+        fns = {"ours": lambda m=model, x=x: boundary.linearized_robustness(m, x),
                "torch.func jacrev": lambda m=model, x=x: rho_jacrev(m, x)}
         fns["loop over classes"] = lambda m=model, x=x: rho_loop(m, x)
         t, out = interleaved(fns, repeats)
         d = x[0].numel()
-        chunk = max(1, min(k, al.CHUNK_BYTES["cpu"] // (4 * n * d)))
+        chunk = max(1, min(k, boundary.CHUNK_BYTES["cpu"] // (4 * n * d)))
         for name in fns:
             lines.append(f"| ρ̃, {k} classes, {n} images | {name} | {t[name] * 1000:.0f} ms | "
                          f"{t[name] / t['ours']:.2f} | {rel(out[name], out['ours']):.1e} | "
@@ -124,11 +123,11 @@ def bench_radius(repeats: int, run_dir: Path | None) -> list[str]:
     g = torch.Generator().manual_seed(1)
     model = Affine(torch.randn(10, 64, generator=g), torch.randn(10, generator=g))
     x = (0.5 + 0.05 * torch.randn(256, 1, 8, 8, generator=g)).clamp(0.05, 0.95)
-    exact = al.linearized_robustness(model, x)  # exact for affine models (tested against the closed form)
+    exact = boundary.linearized_robustness(model, x)  # exact for affine models (tested against the closed form)
     pred = model(x).argmax(1)
     eps_list = [0.0125 * 2**i for i in range(8)]
-    fns = {"min_norm_attack": lambda: al.min_norm_attack(model, x, steps=10, bisect_steps=6, rtol=0.02).radius,
-           "boundary_search": lambda: attributions.boundary_search(model, x, pred, eps_list=eps_list, steps=10,
+    fns = {"min_norm_attack": lambda: boundary.min_norm_attack(model, x, steps=10, bisect_steps=6, rtol=0.02).radius,
+           "boundary_search": lambda: boundary.boundary_search(model, x, pred, eps_list=eps_list, steps=10,
                                                                     refine_steps=10).distance}
     t, out = interleaved(fns, repeats)
     lines = [f"| radius, affine 10 classes, 256 images | {k} | {t[k] * 1000:.0f} ms | {t[k] / t['min_norm_attack']:.2f} "
@@ -144,8 +143,8 @@ def bench_radius(repeats: int, run_dir: Path | None) -> list[str]:
                 continue
             with torch.no_grad():
                 p = net(xs).argmax(1)
-            fns = {"min_norm_attack": lambda m=net: al.min_norm_attack(m, xs, **sec["attack"]).radius,
-                   "boundary_search": lambda m=net, p=p: attributions.boundary_search(
+            fns = {"min_norm_attack": lambda m=net: boundary.min_norm_attack(m, xs, **sec["attack"]).radius,
+                   "boundary_search": lambda m=net, p=p: boundary.boundary_search(
                        m, xs, p, **sec["boundary_search"]).distance}
             t, out = interleaved(fns, 1)
             ratio = (out["boundary_search"] / out["min_norm_attack"]).median()

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lib import attribution_metrics as M
 from lib import attributions as A
 from lib import models
 
@@ -86,7 +87,7 @@ def bench_ig(model, x, t, steps: int, repeats: int) -> dict:
         rows.append({"batch": bs, **times, "cpu_captum": cpu["captum"], "cpu_ours": cpu["ours"]})
     ours, theirs = A.integrated_gradients(model, x, t, steps=steps), ig.attribute(
         x, target=t, n_steps=steps, method="riemann_trapezoid")
-    rel = lambda phi: A.relative_error(A.completeness_error(model, x, t, phi), model, x, t, torch.zeros_like(x))
+    rel = lambda phi: M.relative_error(A.completeness_error(model, x, t, phi), model, x, t, torch.zeros_like(x))
     best_c = min(rows, key=lambda r: r["captum"])
     best_o = min(rows, key=lambda r: r["ours"])
     return {
@@ -139,7 +140,7 @@ def bench_rules(model, x, t, grid, tol: float = 0.01, timing: bool = True) -> di
             errs[n] = err(phi)
         out["errors"][rule] = errs
         out["steps_needed"][rule] = next((n for n in errs if errs[n] <= tol), None)
-    comp = lambda phi: A.relative_error(A.completeness_error(model, x, t, phi), model, x, t,
+    comp = lambda phi: M.relative_error(A.completeness_error(model, x, t, phi), model, x, t,
                                         torch.zeros_like(x)).median().item()
     phi50 = {r: A.integrated_gradients(model, x, t, steps=50, rule=r) for r in A.RULES}
     out["completeness_at_50"] = {"captum_trapezoid": comp(phi50["trapezoid"] * 49 / 50),

@@ -177,7 +177,8 @@ def markdown(res: dict) -> str:
         for mode, m in t["modes"].items():
             hours = m["seconds_per_step"] * t["steps_per_model"] / 3600
             lines.append(f"| {t['profile']} | {mode} | {m['seconds_per_step']:.3f} | {m['batch']} | {hours:.2f} |")
-        lines.append(f"| {t['profile']} | **all {len(t['hours_per_model'])} models** | | | **{t['hours_total']:.1f}** |")
+        n_models = len(t["hours_per_model"])
+        lines.append(f"| {t['profile']} | **all {n_models} models** | | | **{t['hours_total']:.1f}** |")
     lines += ["", "| CPU vs device, relative L2 difference | value |", "|---|---|"]
     lines += [f"| {k} | {v:.2e} |" if v is not None else f"| {k} | n/a |" for k, v in res["agreement"].items()]
     lines += ["", "| heavy call | peak GiB | s |", "|---|---|---|"]

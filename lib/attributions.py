@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lib import attacks
+from lib.boundary import Boundary, boundary_search, check_target, logits
 from lib.data import check_images
 from lib.device import exact_fp32
 from lib.models import eval_mode
@@ -25,14 +26,6 @@ GAUSSIAN_BASELINE_STD = 0.25  # "gaussian" baseline: clamp(x + N(0, 0.25²), 0, 
 
 
 # ---------------------------------------------------------------- gradients
-
-def _check(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    check_images(x)
-    target = torch.as_tensor(target, device=x.device).long().flatten()
-    if target.shape != (len(x),):
-        raise ValueError(f"target must hold one class index per image ({len(x)}), got shape {tuple(target.shape)}")
-    return target
-
 
 def _gen(seed: int, device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
@@ -88,12 +81,6 @@ def _grads(model, z: torch.Tensor, target: torch.Tensor, batch_size: int | None 
     return torch.cat(grads), torch.cat(logits)
 
 
-def logits(model, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits (N, K) in eval mode, without gradients."""
-    with torch.no_grad(), eval_mode(model):
-        return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
-
-
 def _target_logit(model, x, target):
     return logits(model, x).gather(1, target[:, None]).squeeze(1)
 
@@ -102,7 +89,7 @@ def _target_logit(model, x, target):
 
 def saliency(model, x: torch.Tensor, target: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
     """∇_x F_target(x): (N,C,H,W)."""
-    target = _check(x, target)
+    target = check_target(x, target)
     return _path_sum(model, len(x), 1, target, batch_size, lambda k0, k1, i0, i1: (x[i0:i1], None, None))
 
 
@@ -112,7 +99,7 @@ def smoothgrad(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 5
 
     The noise is drawn sample by sample for all images, so results do not depend on batch_size.
     """
-    target = _check(x, target)
+    target = check_target(x, target)
     x, gen, drawn = x.float(), _gen(seed, x.device), {}
 
     def points(k0, k1, i0, i1):
@@ -173,7 +160,7 @@ def integrated_gradients(model, x: torch.Tensor, target: torch.Tensor, *, baseli
     baseline: see `make_baseline` (random ones drawn with `seed`). batch_size bounds the points
     per forward pass (None: all N·steps at once). Returns (N,C,H,W) float32.
     """
-    target = _check(x, target)
+    target = check_target(x, target)
     x = x.float()
     base = make_baseline(x, baseline, seed)
     check_images(base, "baseline")
@@ -191,7 +178,7 @@ def integrated_gradients(model, x: torch.Tensor, target: torch.Tensor, *, baseli
 def completeness_error(model, x: torch.Tensor, target: torch.Tensor, phi: torch.Tensor, baseline=None,
                        seed: int = 0) -> torch.Tensor:
     """Σφ − (F(x) − F(x′)) per image: (N,). Pass the same baseline and seed as to the attribution."""
-    target = _check(x, target)
+    target = check_target(x, target)
     base = make_baseline(x.float(), baseline, seed)
     delta = _target_logit(model, x.float(), target) - _target_logit(model, base, target)
     return phi.flatten(1).sum(1) - delta
@@ -200,7 +187,7 @@ def completeness_error(model, x: torch.Tensor, target: torch.Tensor, phi: torch.
 def expected_gradients(model, x: torch.Tensor, target: torch.Tensor, *, background: torch.Tensor,
                        samples: int = 50, seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
     """E_{x′~background, α~U(0,1)}[(x − x′) ⊙ ∇F(x′ + α(x − x′))], `samples` draws per image."""
-    target = _check(x, target)
+    target = check_target(x, target)
     check_images(background, "background")
     x, bg = x.float(), background.float().to(x.device)
     n, gen = len(x), _gen(seed, "cpu")
@@ -225,7 +212,7 @@ def shap_values(model, x: torch.Tensor, target: torch.Tensor, *, background: tor
     """
     import shap
 
-    target = _check(x, target)
+    target = check_target(x, target)
     check_images(background, "background")
     states = (np.random.get_state(), torch.get_rng_state(), random.getstate())
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
@@ -267,72 +254,13 @@ def deeplift(model, x: torch.Tensor, target: torch.Tensor, *, baseline=None, see
 
     from captum.attr import DeepLift
 
-    target = _check(x, target)
+    target = check_target(x, target)
     x = x.float()
     base = make_baseline(x, baseline, seed)
     with eval_mode(model), torch.enable_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(hooks|require gradients).*")  # captum's routine notices
         phi = DeepLift(model).attribute(x.clone(), baselines=base, target=target)
     return phi.detach().float()
-
-
-# ---------------------------------------------------------------- boundary search (Wang et al. 2022)
-
-class Boundary(NamedTuple):
-    """Closest adversarial points found. Rows where `success` is False are NaN: never usable by mistake."""
-
-    points: torch.Tensor    # (N,C,H,W) in [0,1], NaN where the search failed
-    success: torch.Tensor   # (N,) bool: the model's prediction at `points` differs from y
-    distance: torch.Tensor  # (N,) L2 ‖points − x‖, NaN where failed
-    eps: torch.Tensor       # (N,) the smallest ε of the list that crossed (0: x already not y), NaN where failed
-
-
-def boundary_search(model, x: torch.Tensor, y: torch.Tensor, *, eps_list, steps: int = 20, rel_step: float = 2.5,
-                    refine_steps: int = 10, random_start: bool = False, seed: int = 0) -> Boundary:
-    """Nearest decision-boundary point per image by L2 PGD over an increasing ε list.
-
-    y: (N,) the class to leave, normally the model's prediction. For each ε in turn, images not
-    yet crossed get `steps` of L2 PGD with the absolute step rel_step·ε/steps (2.5·ε/steps is
-    Madry's rule); the first ε whose final point is not classified y is kept. refine_steps > 0
-    then bisects along the segment x → x_adv for the closest point that is still not y, so
-    each successful point is verified adversarial and within its ε. Images never crossed are
-    marked failed and their points are NaN.
-    """
-    y = _check(x, y)
-    eps_list = [float(e) for e in eps_list]
-    if not eps_list or any(e <= 0 for e in eps_list) or eps_list != sorted(eps_list):
-        raise ValueError(f"eps_list must be positive and increasing, got {eps_list}")
-    x = x.float()
-    gen = _gen(seed, x.device)
-    adv = torch.full_like(x, float("nan"))
-    found = torch.full((len(x),), float("nan"), device=x.device)
-    already = logits(model, x).argmax(1) != y
-    adv[already], found[already] = x[already], 0.0
-    for eps in eps_list:
-        todo = found.isnan().nonzero().flatten()
-        if len(todo) == 0:
-            break
-        xa = attacks.pgd(model, x[todo], y[todo], eps=eps, step_size=rel_step * eps / steps, steps=steps,
-                         norm="l2", random_start=random_start, generator=gen)
-        hit = logits(model, xa).argmax(1) != y[todo]
-        adv[todo[hit]], found[todo[hit]] = xa[hit], eps
-    success = ~found.isnan()
-    if refine_steps > 0 and success.any():
-        ok = success.nonzero().flatten()
-        adv[ok] = _bisect(model, x[ok], adv[ok], y[ok], refine_steps)
-    distance = torch.where(success, (adv - x).flatten(1).norm(dim=1), torch.full_like(found, float("nan")))
-    return Boundary(adv, success, distance, found)
-
-
-def _bisect(model, x, xa, y, iters: int) -> torch.Tensor:
-    """Closest point x + t(xa − x), t in (0,1], still not classified y (xa itself is not y)."""
-    lo, hi = torch.zeros(len(x), device=x.device), torch.ones(len(x), device=x.device)
-    shape = [-1] + [1] * (x.ndim - 1)
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        crossed = logits(model, x + mid.view(shape) * (xa - x)).argmax(1) != y
-        hi, lo = torch.where(crossed, mid, hi), torch.where(crossed, lo, mid)
-    return x + hi.view(shape) * (xa - x)
 
 
 def _on_boundary(x, boundary: Boundary, fn) -> torch.Tensor:
@@ -345,26 +273,26 @@ def _on_boundary(x, boundary: Boundary, fn) -> torch.Tensor:
 
 def big(model, x, target, boundary: Boundary, **ig_kwargs) -> torch.Tensor:
     """Boundary IG: IG of x relative to its boundary point. NaN rows where the search failed."""
-    target = _check(x, target)
+    target = check_target(x, target)
     return _on_boundary(x, boundary, lambda ok: integrated_gradients(
         model, x[ok], target[ok], baseline=boundary.points[ok], **ig_kwargs))
 
 
 def bsm(model, x, target, boundary: Boundary) -> torch.Tensor:
     """Boundary saliency: ∇F_target at the boundary point. NaN rows where the search failed."""
-    target = _check(x, target)
+    target = check_target(x, target)
     return _on_boundary(x, boundary, lambda ok: saliency(model, boundary.points[ok], target[ok]))
 
 
 def bsg(model, x, target, boundary: Boundary, **sg_kwargs) -> torch.Tensor:
     """Boundary SmoothGrad: SmoothGrad at the boundary point. NaN rows where the search failed."""
-    target = _check(x, target)
+    target = check_target(x, target)
     return _on_boundary(x, boundary, lambda ok: smoothgrad(model, boundary.points[ok], target[ok], **sg_kwargs))
 
 
 def bdt(model, x, target, boundary: Boundary) -> torch.Tensor:
     """Boundary DeepLift: DeepLift of x relative to its boundary point. NaN rows where the search failed."""
-    target = _check(x, target)
+    target = check_target(x, target)
     return _on_boundary(x, boundary, lambda ok: deeplift(model, x[ok], target[ok], baseline=boundary.points[ok]))
 
 
@@ -378,7 +306,7 @@ def agi(model, x: torch.Tensor, target: torch.Tensor, *, steps: int = 20, step_s
     explain the softmax probability; we explain the logit, like every method here. Images go
     in groups of batch_size // classes paths; memory ∝ (steps + 1) · group · classes images.
     """
-    target = _check(x, target)
+    target = check_target(x, target)
     x = x.float()
     n, k_all = len(x), logits(model, x[:1]).shape[1]
     k = k_all - 1 if classes is None else max(1, min(int(classes), k_all - 1))
@@ -410,59 +338,6 @@ def _agi_paths(model, x, target, j, steps, step_size, norm, batch_size) -> torch
     return phi.view(n, k, *x.shape[1:]).sum(1)
 
 
-# ---------------------------------------------------------------- metrics
-
-def pixel_map(phi: torch.Tensor) -> torch.Tensor:
-    """(N,C,H,W) → (N,H·W): Σ_c |φ| per pixel."""
-    return phi.abs().sum(1).flatten(1)
-
-
-def gini(phi: torch.Tensor) -> torch.Tensor:
-    """Gini index of |φ| per image over pixels: 0 = uniform, → 1 = all mass on one pixel. (N,)"""
-    a = pixel_map(phi).sort(1).values
-    m = a.shape[1]
-    rank = torch.arange(1, m + 1, device=a.device, dtype=a.dtype)
-    return ((2 * rank - m - 1) * a).sum(1) / (m * a.sum(1))
-
-
-def top_mass(phi: torch.Tensor, frac: float = 0.05) -> torch.Tensor:
-    """Share of Σ|φ| in the top `frac` of pixels per image (uniform map: `frac`). (N,)"""
-    a = pixel_map(phi)
-    k = max(1, round(frac * a.shape[1]))
-    return a.topk(k, dim=1).values.sum(1) / a.sum(1)
-
-
-def coherence(phi: torch.Tensor) -> torch.Tensor:
-    """Spatial coherence per image: correlation of the signed per-pixel map (Σ_c φ) with itself
-    shifted by one pixel, averaged over the two axes. ≈ 0 for scattered noise, → 1 for smooth blobs. (N,)"""
-    a = phi.sum(1)
-
-    def corr(u, v):
-        u, v = u - u.mean((1, 2), keepdim=True), v - v.mean((1, 2), keepdim=True)
-        return (u * v).sum((1, 2)) / (u.pow(2).sum((1, 2)) * v.pow(2).sum((1, 2))).sqrt()
-
-    return 0.5 * (corr(a[:, 1:], a[:, :-1]) + corr(a[:, :, 1:], a[:, :, :-1]))
-
-
-def positive_share(phi: torch.Tensor) -> torch.Tensor:
-    """Σ max(φ,0) / Σ |φ| over pixels of Σ_c φ: 1 = all evidence for the class, 0.5 = mixed signs. (N,)"""
-    a = phi.sum(1).flatten(1)
-    return a.clamp_min(0).sum(1) / a.abs().sum(1)
-
-
-def object_share(phi: torch.Tensor, x: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Share of Σ|φ| on object pixels, max_c x > threshold (images on a dark background). (N,)"""
-    a, mask = pixel_map(phi), (x.amax(1).flatten(1) > threshold).to(phi.dtype)
-    return (a * mask).sum(1) / a.sum(1)
-
-
-def relative_error(err: torch.Tensor, model, x, target, baseline) -> torch.Tensor:
-    """|completeness error| / |F(x) − F(x′)| per image."""
-    target = _check(x, target)
-    delta = _target_logit(model, x.float(), target) - _target_logit(model, baseline.float(), target)
-    return err.abs() / delta.abs().clamp_min(1e-12)
-
-
 def boundary_alignment(model, x: torch.Tensor, target: torch.Tensor, boundary: Boundary) -> dict:
     """Wang's alignment per image: cos(∇F(x), ∇F(x_b)) and cos(∇F(x), x − x_b); NaN where failed."""
     g = saliency(model, x, target).flatten(1)
@@ -470,14 +345,6 @@ def boundary_alignment(model, x: torch.Tensor, target: torch.Tensor, boundary: B
     normal = (x.float() - boundary.points).flatten(1)
     return {"cos_grad_boundary_grad": F.cosine_similarity(g, gb, dim=1),
             "cos_grad_normal": F.cosine_similarity(g, normal, dim=1)}
-
-
-def boundary_stats(boundary: Boundary) -> dict:
-    """Success rate and mean/median L2 distance over the successful rows."""
-    d = boundary.distance[boundary.success]
-    return {"success_rate": boundary.success.float().mean().item(),
-            "mean_distance": d.mean().item() if len(d) else float("nan"),
-            "median_distance": d.median().item() if len(d) else float("nan")}
 
 
 # ---------------------------------------------------------------- a profile's whole comparison
@@ -532,55 +399,3 @@ def explain(model, x: torch.Tensor, target: torch.Tensor, cfg: dict, *, backgrou
         maps[name] = run[name]().detach().float()
         seconds[name] = time.perf_counter() - t0
     return Explanations(maps, boundary, seconds)
-
-
-def per_image_metrics(model, x: torch.Tensor, target: torch.Tensor, exp: Explanations, cfg: dict,
-                      seed: int = 0) -> dict:
-    """method -> {metric: (N,)}: gini, top5, coherence, positive, object (if cfg["object_threshold"]),
-    and completeness (|relative error|) for ig, deeplift, big and bdt."""
-    frac, thr = cfg.get("top_frac", 0.05), cfg.get("object_threshold")
-    out = {}
-    for name, phi in exp.maps.items():
-        row = {"gini": gini(phi), "top5": top_mass(phi, frac), "coherence": coherence(phi),
-               "positive": positive_share(phi)}
-        if thr is not None:
-            row["object"] = object_share(phi, x, thr)
-        if name in ("ig", "deeplift", "big", "bdt"):
-            if name in ("big", "bdt"):
-                ok = exp.boundary.success
-                base = torch.where(ok.view(-1, 1, 1, 1), exp.boundary.points, x.float())
-            else:
-                base = make_baseline(x.float(), cfg["ig"].get("baseline") if name == "ig" else None, seed)
-            err = completeness_error(model, x, target, torch.nan_to_num(phi), base)
-            rel = relative_error(err, model, x, target, base)
-            row["completeness"] = torch.where(phi.flatten(1).isnan().any(1), torch.nan, rel)
-        out[name] = row
-    return out
-
-
-def sample_images(ds, n: int, seed: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """n images drawn from `ds` by `seed`: (x (n,C,H,W) in [0,1], labels (n,), dataset indices (n,))."""
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
-    items = [ds[int(i)] for i in idx]
-    x = torch.stack([im for im, _ in items]).to(device)
-    return x, torch.tensor([int(label) for _, label in items], device=device), idx
-
-
-def grid_rows(y: torch.Tensor, preds: dict, n_rows: int, n_wrong: int) -> list[int]:
-    """Rows for a figure grid: up to n_wrong images some model gets wrong, the rest right, in draw order."""
-    wrong = torch.stack([p != y for p in preds.values()]).any(0).cpu()
-    bad = wrong.nonzero().flatten()[:n_wrong]
-    good = (~wrong).nonzero().flatten()[:n_rows - len(bad)]
-    return sorted(torch.cat([good, bad]).tolist())
-
-
-def metric_records(per_image: dict) -> list[dict]:
-    """{model: {method: {metric: (N,)}}} → long rows {model, method, image, metric...} for a DataFrame."""
-    rows = []
-    for model, methods in per_image.items():
-        for method, metrics in methods.items():
-            n = len(next(iter(metrics.values())))
-            for i in range(n):
-                rows.append({"model": model, "method": method, "image": i,
-                             **{k: float(v[i]) for k, v in metrics.items()}})
-    return rows

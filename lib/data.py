@@ -152,6 +152,21 @@ def loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0
                       persistent_workers=num_workers > 0)
 
 
+def sample_images(ds, n: int, seed: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n images drawn from `ds` by `seed`: (x (n,C,H,W) in [0,1], labels (n,), dataset indices (n,))."""
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    x, y = ds.batch(idx, device)
+    return x, y, idx
+
+
+def grid_rows(y: torch.Tensor, preds: dict, n_rows: int, n_wrong: int) -> list[int]:
+    """Rows for a figure grid: up to n_wrong images some model gets wrong, the rest right, in draw order."""
+    wrong = torch.stack([p != y for p in preds.values()]).any(0).cpu()
+    bad = wrong.nonzero().flatten()[:n_wrong]
+    good = (~wrong).nonzero().flatten()[:n_rows - len(bad)]
+    return sorted(torch.cat([good, bad]).tolist())
+
+
 def _seed_worker(worker_id: int) -> None:
     import random
 
@@ -306,24 +321,11 @@ def _imagenet150(root: Path, split: str, *, image_size: int, train_per_class: in
     if missing:
         raise FileNotFoundError(f"{len(missing)} classes of {class_file} have no folder in {folder} "
                                 f"(first: {missing[0]}); check the class list or the extraction.")
-    files, labels = [], []
-    for c, wnid in enumerate(classes):
-        found = sorted(p for p in (folder / wnid).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if split != "test":
-            if len(found) < 2:
-                raise ValueError(f"class {wnid} has {len(found)} images in {folder / wnid}; train and val "
-                                 "need at least 2.")
-            perm = np.random.default_rng([VAL_SEED, c]).permutation(len(found))
-            n_val = min(val_per_class, len(found) // 2)
-            pick = perm[:n_val] if split == "val" else perm[n_val:n_val + train_per_class]
-            found = [found[i] for i in np.sort(pick)]
-        files += found
-        labels += [c] * len(found)
+    part = None if split == "test" else split
+    files, labels = imagecache.class_files(folder, classes, part, train_per_class, val_per_class, VAL_SEED)
     store = imagecache.build(files, image_size, base / "cache" / f"{split}-{image_size}")
     return ImageTensorDataset(torch.from_numpy(store), torch.tensor(labels), classes)
 
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
 _LOADERS = {
     "digits": _digits,
     "fashion_mnist": _mnist_like("FashionMNIST"),

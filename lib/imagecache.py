@@ -22,6 +22,7 @@ from lib.progress import tqdm
 
 RECIPE = "pil-draft-resize-shorter-bilinear-centercrop-v1"  # bump when the decode changes
 CHUNK = 256  # files per worker task
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
 
 
 def key(files: list[Path], size: int) -> str:
@@ -52,6 +53,26 @@ def build(files: list[Path], size: int, path: Path, *, workers: int | None = Non
                 old.unlink(missing_ok=True)
     # copy-on-write map: writable for torch.from_numpy, never written back
     return np.load(target, mmap_mode="c")
+
+
+def class_files(folder: Path, classes: list[str], part: str | None, train_per_class: int, val_per_class: int,
+                seed: int) -> tuple[list[Path], list[int]]:
+    """Image files of folder/<class>/ in class order, with their class indices. part None: all of them;
+    "val" / "train": per class a seeded, disjoint choice of min(val_per_class, n//2) and up to train_per_class."""
+    files, labels = [], []
+    for c, name in enumerate(classes):
+        found = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if part is not None:
+            if len(found) < 2:
+                raise ValueError(f"class {name} has {len(found)} images in {folder / name}; train and val "
+                                 "need at least 2.")
+            perm = np.random.default_rng([seed, c]).permutation(len(found))
+            n_val = min(val_per_class, len(found) // 2)
+            pick = perm[:n_val] if part == "val" else perm[n_val:n_val + train_per_class]
+            found = [found[i] for i in np.sort(pick)]
+        files += found
+        labels += [c] * len(found)
+    return files, labels
 
 
 def decode(file: Path, size: int) -> np.ndarray:

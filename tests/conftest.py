@@ -13,6 +13,14 @@ import yaml
 from lib import profiles, train
 
 ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_FIXTURES = {"smoke_run"}  # fixtures that execute notebooks: their users are slow by definition
+
+
+def pytest_collection_modifyitems(items):
+    """`make test-fast` (-m "not slow") must run no notebook: mark every test that needs one."""
+    for item in items:
+        if NOTEBOOK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def tiny_profile(**train_overrides) -> dict:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lib import alignment as al
+from lib import boundary
 from lib.models import build
 
 
@@ -71,8 +72,8 @@ def test_binary_linear_alignment_equals_robustness():
     x = interior_images(16)
     rho = (x.flatten(1) @ z).abs() / z.norm()
     assert torch.allclose(al.alignment(model, x), rho, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(al.linearized_robustness(model, x), rho, rtol=1e-5, atol=1e-6)
-    radius, success = al.robustness_radius(model, x)
+    assert torch.allclose(boundary.linearized_robustness(model, x), rho, rtol=1e-5, atol=1e-6)
+    radius, success = boundary.robustness_radius(model, x)
     assert success.all()
     assert torch.allclose(radius, rho, rtol=0.01)
     assert (radius >= rho * (1 - 1e-4)).all()  # a verified adversarial point is never closer than ρ
@@ -84,7 +85,7 @@ def test_affine_alignment_differs_from_robustness():
     rho = (x.flatten(1) @ z + 0.3).abs() / z.norm()
     alpha = al.alignment(model, x)
     assert torch.allclose(alpha, (x.flatten(1) @ z).abs() / z.norm(), rtol=1e-5, atol=1e-6)
-    assert torch.allclose(al.linearized_robustness(model, x), rho, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(boundary.linearized_robustness(model, x), rho, rtol=1e-5, atol=1e-6)
     assert ((alpha - rho).abs() > 1e-3).all()
 
 
@@ -94,13 +95,13 @@ def test_multiclass_affine_linearized_is_exact_and_attack_within_2_percent():
     x = interior_images(32, seed=2)
     exact = exact_affine_distance(model, x)
     assert (exact > 1e-3).all() and (exact < 0.5).all()  # boundaries well inside the [0,1] box
-    assert torch.allclose(al.linearized_robustness(model, x), exact, rtol=1e-4)
-    radius, success = al.robustness_radius(model, x)
+    assert torch.allclose(boundary.linearized_robustness(model, x), exact, rtol=1e-4)
+    radius, success = boundary.robustness_radius(model, x)
     assert success.all()
     assert ((radius - exact) / exact).abs().max() < 0.02
-    res = al.min_norm_attack(model, x, linear_target=False)  # untargeted alone: an upper bound, not always tight
+    res = boundary.min_norm_attack(model, x, linear_target=False)  # untargeted alone: an upper bound, not always tight
     assert (res.radius >= exact * (1 - 1e-4)).all()
-    res = al.min_norm_attack(model, x)
+    res = boundary.min_norm_attack(model, x)
     assert ((res.radius - exact) / exact).abs().max() < 0.02
     assert (res.radius >= exact * (1 - 1e-4)).all()
     assert (model(res.points).argmax(1) != model(x).argmax(1)).all()
@@ -111,7 +112,7 @@ def test_radius_zero_for_misclassified_label():
     model, _ = binary_linear()
     x = interior_images(4)
     wrong = 1 - model(x).argmax(1)
-    radius, success = al.robustness_radius(model, x, wrong)
+    radius, success = boundary.robustness_radius(model, x, wrong)
     assert success.all() and (radius == 0).all()
 
 
@@ -119,7 +120,7 @@ def test_bias_free_relu_net_is_homogeneous():
     torch.manual_seed(0)
     model = build("small_cnn", 10, 1, 8, bias=False, normalize=False, width=4)
     x = torch.rand(16, 1, 8, 8)
-    logits, cls, g = al.logit_grad(model, x)
+    logits, cls, g = boundary.logit_grad(model, x)
     psi = logits.gather(1, cls[:, None]).squeeze(1)
     beta = psi - (x * g).flatten(1).sum(1)
     assert (beta.abs() <= 1e-4 * psi.abs() + 1e-6).all()
@@ -135,7 +136,7 @@ def test_bound_holds_on_random_networks(seed):
     x = torch.rand(32, 1, 8, 8)
     bt = al.bound_terms(model, x)
     assert bt.holds().all()
-    assert torch.allclose(bt.rho_lin, al.linearized_robustness(model, x), rtol=1e-4)
+    assert torch.allclose(bt.rho_lin, boundary.linearized_robustness(model, x), rtol=1e-4)
     assert torch.allclose(bt.alpha, al.alignment(model, x), rtol=1e-4)
     assert (bt.angle >= 0).all() and (bt.beta >= 0).all()
 
@@ -146,20 +147,20 @@ def test_linearized_robustness_equals_slow_loop_and_chunking(monkeypatch):
     x = torch.rand(8, 1, 8, 8)
     ref = slow_linearized(model, x)
     for chunk in (None, 1, 3):
-        assert torch.allclose(al.linearized_robustness(model, x, chunk=chunk), ref, rtol=1e-4)
-    monkeypatch.setattr(al, "CHUNK_BYTES", {"cpu": 4 * 8 * 64 * 2, "other": 1})  # auto chunk of 2 classes
-    assert torch.allclose(al.linearized_robustness(model, x), ref, rtol=1e-4)
+        assert torch.allclose(boundary.linearized_robustness(model, x, chunk=chunk), ref, rtol=1e-4)
+    monkeypatch.setattr(boundary, "CHUNK_BYTES", {"cpu": 4 * 8 * 64 * 2, "other": 1})  # auto chunk of 2 classes
+    assert torch.allclose(boundary.linearized_robustness(model, x), ref, rtol=1e-4)
 
 
 def test_linearized_robustness_1000_classes():
     g = torch.Generator().manual_seed(3)
     model = Affine(torch.randn(1000, 64, generator=g), torch.randn(1000, generator=g))
     x = interior_images(6, seed=4)
-    lin = al.linearize(model, x, chunk=64)
+    lin = boundary.linearize(model, x, chunk=64)
     assert torch.allclose(lin.rho, exact_affine_distance(model, x), rtol=1e-4)
     torch.manual_seed(0)
     net = build("small_cnn", 1000, 1, 8, width=4)
-    assert torch.allclose(al.linearized_robustness(net, x[:2], chunk=97), slow_linearized(net, x[:2]), rtol=1e-4)
+    assert torch.allclose(boundary.linearized_robustness(net, x[:2], chunk=97), slow_linearized(net, x[:2]), rtol=1e-4)
 
 
 # ---------------------------------------------------------------- cosines and conventions
@@ -177,7 +178,7 @@ def test_boundary_normal_cosine_affine_closed_form():
     g = torch.Generator().manual_seed(1)
     model = Affine(torch.randn(10, 64, generator=g), torch.randn(10, generator=g))
     x = interior_images(16, seed=2)
-    res = al.min_norm_attack(model, x)
+    res = boundary.min_norm_attack(model, x)
     cos = al.boundary_normal_cosine(model, x, res.points)
     w = model.w.detach()
     i, j = model(x).argmax(1), model(res.points).argmax(1)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib import attacks, models
+from lib import attacks, boundary, models
+from lib import attribution_metrics as M
 from lib import attributions as A
 
 
@@ -70,7 +71,7 @@ def test_ig_batching_and_baselines(setup):
         a = A.integrated_gradients(model, x, t, baseline=base, steps=256, seed=3)
         assert torch.equal(a, A.integrated_gradients(model, x, t, baseline=base, steps=256, seed=3))
         err = A.completeness_error(model, x, t, a, baseline=base, seed=3)
-        rel = A.relative_error(err, model, x, t, A.make_baseline(x, base, seed=3))
+        rel = M.relative_error(err, model, x, t, A.make_baseline(x, base, seed=3))
         assert rel.max() < 0.03  # ReLU kinks, not the rule, limit the accuracy (see benchmarks/)
     with pytest.raises(ValueError, match="baseline"):
         A.integrated_gradients(model, x, t, baseline="zeros")
@@ -155,7 +156,7 @@ def test_deeplift_runs_on_every_model(arch):
 
 def test_boundary_points_cross_and_lie_within_their_eps(setup):
     model, x, t, _ = setup
-    b = A.boundary_search(model, x, t, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10)
+    b = boundary.boundary_search(model, x, t, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10)
     assert b.success.float().mean() > 0.9
     ok = b.success
     pred = A.logits(model, b.points[ok]).argmax(1)
@@ -164,20 +165,20 @@ def test_boundary_points_cross_and_lie_within_their_eps(setup):
     assert torch.allclose(dist, b.distance[ok], atol=1e-5)
     assert (dist <= b.eps[ok] + 1e-5).all()
     assert b.points[ok].min() >= 0 and b.points[ok].max() <= 1
-    unrefined = A.boundary_search(model, x, t, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10, refine_steps=0)
+    unrefined = boundary.boundary_search(model, x, t, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10, refine_steps=0)
     assert (b.distance[ok] <= unrefined.distance[ok] + 1e-6).all()
 
 
 def test_boundary_failures_are_marked_and_never_used(setup):
     model, x, t, _ = setup
-    b = A.boundary_search(model, x, t, eps_list=[1e-4], steps=3)
+    b = boundary.boundary_search(model, x, t, eps_list=[1e-4], steps=3)
     fail = ~b.success
     assert fail.sum() > 0
     assert b.points[fail].isnan().all() and b.distance[fail].isnan().all() and b.eps[fail].isnan().all()
     for fn in (A.big, A.bsm, A.bdt):
         phi = fn(model, x, t, b)
         assert phi[fail].isnan().all() and not phi[~fail].isnan().any()
-    assert A.boundary_stats(b)["success_rate"] == pytest.approx(b.success.float().mean().item())
+    assert boundary.boundary_stats(b)["success_rate"] == pytest.approx(b.success.float().mean().item())
 
 
 def test_boundary_search_uses_absolute_steps_and_keeps_smallest_eps(setup, monkeypatch):
@@ -190,7 +191,7 @@ def test_boundary_search_uses_absolute_steps_and_keeps_smallest_eps(setup, monke
 
     monkeypatch.setattr(attacks, "pgd", spy)
     eps_list = [0.05, 0.2, 0.8, 3.2]
-    b = A.boundary_search(model, x, t, eps_list=eps_list, steps=8, refine_steps=0)
+    b = boundary.boundary_search(model, x, t, eps_list=eps_list, steps=8, refine_steps=0)
     for eps, step, steps, _ in calls:
         assert step == pytest.approx(2.5 * eps / 8) and steps == 8
     assert [c[3] for c in calls] == sorted((c[3] for c in calls), reverse=True)  # only images not yet crossed
@@ -204,7 +205,7 @@ def test_boundary_search_uses_absolute_steps_and_keeps_smallest_eps(setup, monke
 
 def test_big_is_complete_relative_to_boundary(setup):
     model, x, t, _ = setup
-    b = A.boundary_search(model, x, t, eps_list=[0.3, 1.0, 3.0], steps=10)
+    b = boundary.boundary_search(model, x, t, eps_list=[0.3, 1.0, 3.0], steps=10)
     ok = b.success
     phi = A.big(model, x, t, b, steps=64, rule="gausslegendre")
     err = A.completeness_error(model, x[ok], t[ok], phi[ok], baseline=b.points[ok])
@@ -228,21 +229,21 @@ def test_concentration_metrics_closed_forms():
     uniform = torch.ones(1, 1, 10, 10)
     point = torch.zeros(1, 1, 10, 10)
     point[0, 0, 3, 4] = -2.0
-    assert A.gini(uniform).item() == pytest.approx(0.0, abs=1e-6)
-    assert A.gini(point).item() == pytest.approx(0.99)
-    assert A.top_mass(uniform).item() == pytest.approx(0.05)
-    assert A.top_mass(point).item() == pytest.approx(1.0)
+    assert M.gini(uniform).item() == pytest.approx(0.0, abs=1e-6)
+    assert M.gini(point).item() == pytest.approx(0.99)
+    assert M.top_mass(uniform).item() == pytest.approx(0.05)
+    assert M.top_mass(point).item() == pytest.approx(1.0)
     two = torch.zeros(1, 2, 10, 10)
     two[0, 0, 0, 0], two[0, 1, 0, 0] = 1.0, -1.0  # channels pool per pixel
-    assert A.gini(two).item() == pytest.approx(0.99)
+    assert M.gini(two).item() == pytest.approx(0.99)
     ramp = torch.linspace(0, 1, 10).view(1, 1, 1, 10).expand(1, 1, 10, 10)
     ramp = ramp + ramp.transpose(2, 3)
     checker = (torch.arange(10).view(-1, 1) + torch.arange(10)).remainder(2).float().view(1, 1, 10, 10) * 2 - 1
-    assert A.coherence(ramp).item() > 0.9 and A.coherence(checker).item() == pytest.approx(-1.0)
-    assert A.positive_share(uniform).item() == 1.0 and A.positive_share(checker).item() == pytest.approx(0.5)
+    assert M.coherence(ramp).item() > 0.9 and M.coherence(checker).item() == pytest.approx(-1.0)
+    assert M.positive_share(uniform).item() == 1.0 and M.positive_share(checker).item() == pytest.approx(0.5)
     x = torch.zeros(1, 1, 10, 10)
     x[..., :5, :] = 1.0  # the object: the top half
-    assert A.object_share(uniform, x, 0.1).item() == pytest.approx(0.5)
+    assert M.object_share(uniform, x, 0.1).item() == pytest.approx(0.5)
 
 
 def test_smoke_notebook_metrics(smoke_run):

@@ -76,7 +76,8 @@ def _bn_worker(rank, world, port, x, w, out, plain):
         o, gx, gw, gb = _bn_step(bn, x[rank::world], w[rank::world])
         dist.all_reduce(gw)  # what DDP does with parameter gradients (sum; the loss is a sum here)
         dist.all_reduce(gb)
-        torch.save({"out": o, "gx": gx, "gw": gw, "gb": gb, "rm": bn.running_mean, "rv": bn.running_var}, f"{out}{rank}")
+        result = {"out": o, "gx": gx, "gw": gw, "gb": gb, "rm": bn.running_mean, "rv": bn.running_var}
+        torch.save(result, f"{out}{rank}")
     finally:
         dist.destroy_process_group()
 
