@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from lib import attacks, checkpoints, data, distributed, models, profiles
 from lib.device import allow_tf32, exact_fp32, resolve_device
 from lib.paths import DATA_DIR, RUNS_DIR
-from lib.progress import tqdm
+from lib.progress import interactive, tqdm
 from lib.results import environment
 
 # ---------------------------------------------------------------- public API
@@ -128,7 +128,8 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
         epoch = state["epoch"]
         order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(_seed(cfg, epoch)))
         bar = tqdm(total=steps_per_epoch, initial=state["step"], desc=f"{out_dir.name} epoch {epoch + 1}/"
-                   f"{cfg['epochs']}", disable=not progress or rank > 0, leave=False, unit="steps")
+                   f"{cfg['epochs']}", disable=not progress or rank > 0 or not interactive(), leave=False,
+                   unit="steps")  # not interactive: the epoch line below is the one summary line
         run_loss = run_acc = 0.0
         while state["step"] < steps_per_epoch:
             step = state["step"]
