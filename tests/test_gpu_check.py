@@ -23,4 +23,4 @@ def test_gpu_check_quick_on_cpu(tmp_path):
     assert max(v for v in res["agreement"].values() if v is not None) == 0  # CPU against itself
     assert res["pipeline"]["notebooks"] == ["01_training"]
     readme = (tmp_path / "README.md").read_text()
-    assert "old" not in readme and "| cifar10 | pgd-20 |" in readme and readme.endswith("tail\n")
+    assert "\nold\n" not in readme and "| cifar10 | pgd-20 |" in readme and readme.endswith("tail\n")
