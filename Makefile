@@ -14,6 +14,7 @@ help:  ## list the targets
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $$($(PY) -c "import sys; t = __import__('tomllib' if sys.version_info >= (3, 11) else 'pip._vendor.tomli', fromlist=['load']); print(*t.load(open('pyproject.toml', 'rb'))['tool']['robinterp']['no-deps'])")
 	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 

@@ -8,10 +8,12 @@
    small_cnn (width 16), 256 Fashion-MNIST-sized images, 10 classes; then 1000 classes on 32 images,
    where the full Jacobian is materialised by torch.func but only one chunk by ours.
    Time: minimum over interleaved repeats (robust to a busy machine). Agreement: max relative difference.
-2. Minimum-norm L2 radius: `lib.boundary.min_norm_attack` (bisection over ε of margin-PGD) vs
-   `lib.boundary.boundary_search` (PGD over an increasing ε list + segment bisection, the reference
-   code's method) on a 10-class affine model, where the exact distance is known; and, when a trained
-   default-profile model exists under --run-dir, the ratio of the two radii on it.
+2. The one nearest-boundary search `lib.boundary.boundary_search` in its modes: Etmann's (radii ρ̃·2^k,
+   margin-PGD also towards the ρ̃ class, bisection over ε to rtol), Wang's (the ε list of the attributions
+   profile, CE-PGD, segment bisection) and Wang's list + bisection over ε; on a 10-class affine model, where
+   the exact distance is known, and on the trained default-profile models under --run-dir (radius ratio to
+   Etmann's mode). With --old REV, the two searches it replaced (`min_norm_attack`, the old `boundary_search`
+   of lib/boundary.py at git revision REV) are timed on the same inputs: old vs new.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import subprocess
 import time
+import types
 from importlib import metadata
 from pathlib import Path
 
@@ -119,38 +123,68 @@ class Affine(torch.nn.Module):
         return x.flatten(1) @ self.w.T + self.b
 
 
-def bench_radius(repeats: int, run_dir: Path | None) -> list[str]:
+def old_module(rev: str):
+    """lib/boundary.py as it was at git revision `rev`, as a module (None when git cannot show it)."""
+    try:
+        src = subprocess.run(["git", "show", f"{rev}:lib/boundary.py"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    mod = types.ModuleType("old_boundary")
+    exec(compile(src, f"{rev}:lib/boundary.py", "exec"), mod.__dict__)
+    return mod
+
+
+def searches(eps_list, etmann: dict, old) -> dict:
+    """name -> f(model, x, pred) -> distances (N,) (inf/NaN where failed)."""
+    out = {
+        "new: Etmann mode (ρ̃·2^k, bisection)": lambda m, x, p: boundary.boundary_search(m, x, p, **etmann).distance,
+        "new: Wang mode (ε list)": lambda m, x, p: boundary.boundary_search(m, x, p, eps_list=eps_list,
+                                                                            steps=10).distance,
+        "new: Wang ε list + bisection": lambda m, x, p: boundary.boundary_search(
+            m, x, p, eps_list=eps_list, steps=10, bisect_steps=etmann["bisect_steps"], rtol=etmann["rtol"]).distance,
+    }
+    if old is not None:
+        kw = {k: etmann[k] for k in ("steps", "bisect_steps", "rtol")}
+        out["old: min_norm_attack"] = lambda m, x, p: old.min_norm_attack(m, x, p, line_steps=etmann["refine_steps"],
+                                                                          **kw).radius
+        out["old: boundary_search (ε list)"] = lambda m, x, p: old.boundary_search(m, x, p, eps_list=eps_list,
+                                                                                   steps=10).distance
+    return out
+
+
+def bench_radius(repeats: int, run_dir: Path | None, old_rev: str | None) -> list[str]:
     g = torch.Generator().manual_seed(1)
     model = Affine(torch.randn(10, 64, generator=g), torch.randn(10, generator=g))
     x = (0.5 + 0.05 * torch.randn(256, 1, 8, 8, generator=g)).clamp(0.05, 0.95)
     exact = boundary.linearized_robustness(model, x)  # exact for affine models (tested against the closed form)
     pred = model(x).argmax(1)
-    eps_list = [0.0125 * 2**i for i in range(8)]
-    fns = {"min_norm_attack": lambda: boundary.min_norm_attack(model, x, steps=10, bisect_steps=6, rtol=0.02).radius,
-           "boundary_search": lambda: boundary.boundary_search(model, x, pred, eps_list=eps_list, steps=10,
-                                                                    refine_steps=10).distance}
-    t, out = interleaved(fns, repeats)
-    lines = [f"| radius, affine 10 classes, 256 images | {k} | {t[k] * 1000:.0f} ms | {t[k] / t['min_norm_attack']:.2f} "
-             f"| max {rel(v, exact):.1e}, mean {float(((v - exact) / exact).mean()):.1e} (vs exact) | |"
+    sec = profiles.load("default")
+    etmann = sec["alignment"]["boundary"]
+    old = old_module(old_rev) if old_rev else None
+    fns = searches([0.0125 * 2**i for i in range(8)], etmann, old)
+    t, out = interleaved({k: (lambda f=f: f(model, x, pred)) for k, f in fns.items()}, repeats)
+    ref = next(iter(t))
+    lines = [f"| radius, affine 10 classes, 256 images | {k} | {t[k] * 1000:.0f} ms | {t[k] / t[ref]:.2f} "
+             f"| vs exact: max {rel(v, exact):.1e}, mean {float(((v - exact) / exact).mean()):.1e} | |"
              for k, v in out.items()]
-    if run_dir is not None:
-        sec = profiles.load("default")["alignment"]
-        xs = images(256)
-        for key in ("standard", "robust"):
-            try:
-                net = Context("default", "cpu", run_dir).model(key)
-            except FileNotFoundError:
-                continue
-            with torch.no_grad():
-                p = net(xs).argmax(1)
-            fns = {"min_norm_attack": lambda m=net: boundary.min_norm_attack(m, xs, **sec["attack"]).radius,
-                   "boundary_search": lambda m=net, p=p: boundary.boundary_search(
-                       m, xs, p, **sec["boundary_search"]).distance}
-            t, out = interleaved(fns, 1)
-            ratio = (out["boundary_search"] / out["min_norm_attack"]).median()
-            lines.append(f"| radius, default `{key}` model, 256 images | boundary_search / min_norm_attack | "
-                         f"{t['boundary_search'] * 1000:.0f} / {t['min_norm_attack'] * 1000:.0f} ms | "
-                         f"{t['boundary_search'] / t['min_norm_attack']:.2f} | median radius ratio {ratio:.3f} | |")
+    if run_dir is None:
+        return lines
+    fns = searches(sec["attributions"]["boundary"]["eps"], etmann, old)
+    xs = images(256)
+    for key in ("standard", "robust"):
+        try:
+            net = Context("default", "cpu", run_dir).model(key)
+        except FileNotFoundError:
+            continue
+        with torch.no_grad():
+            p = net(xs).argmax(1)
+        t, out = interleaved({k: (lambda f=f, net=net, p=p: f(net, xs, p)) for k, f in fns.items()}, 1)
+        for k, v in out.items():
+            ratio = (v / out[ref]).nanmedian()
+            lines.append(f"| radius, default `{key}`, 256 images | {k} | {t[k] * 1000:.0f} ms | {t[k] / t[ref]:.2f} | "
+                         f"median radius / Etmann mode {ratio:.3f}, "
+                         f"success {float(torch.isfinite(v).float().mean()):.2f} | |")
     return lines
 
 
@@ -160,13 +194,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "default",
                     help="where trained default-profile models live (optional)")
+    ap.add_argument("--old", default=None, help="git revision whose lib/boundary.py holds the two old searches")
+    ap.add_argument("--radius-only", action="store_true", help="skip the ρ̃ rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch {metadata.version('torch')}, "
           f"min of {args.repeats} interleaved repeats\n")
     print("| task | method | time | ratio to ours | agreement | Jacobian memory |")
     print("|---|---|---|---|---|---|")
-    for line in bench_linearized(args.repeats) + bench_radius(args.repeats, args.run_dir):
+    for line in (([] if args.radius_only else bench_linearized(args.repeats))
+                 + bench_radius(args.repeats, args.run_dir, args.old)):
         print(line, flush=True)
 
 

@@ -115,3 +115,42 @@ def _project(x: torch.Tensor, delta: torch.Tensor, eps: torch.Tensor, norm: str)
     else:
         delta = delta * torch.clamp(eps / _l2(delta).clamp_min(1e-12), max=1.0)
     return (x + delta).clamp(0, 1) - x
+
+
+def apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "l2",
+         steps: int = 50, targets: int = 9, restarts: int = 1, seed: int = 0) -> torch.Tensor:
+    """AutoAttack's two gradient components: APGD-CE, then APGD-T (targeted DLR loss against the
+    `targets` runner-up classes) on the images APGD-CE left correctly classified (Croce & Hein 2020).
+
+    Runs torchattacks' port of the reference code; x: (N,C,H,W) in [0,1], y: (N,) labels. Returns
+    x_adv in [0,1] with ‖x_adv − x‖ ≤ eps; an image neither attack fooled comes back unchanged. Seeded
+    by `seed`; the global torch RNG state is restored afterwards (torchattacks reseeds it).
+    """
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
+    if eps < 0 or steps < 1:
+        raise ValueError(f"eps must be >= 0 and steps >= 1, got eps={eps}, steps={steps}")
+    check_images(x)
+    ta = _torchattacks()
+    lib_norm = {"l2": "L2", "linf": "Linf"}[norm]
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    x, y = x.detach(), y.detach()
+    with eval_mode(model), torch.random.fork_rng(devices=devices):
+        xa = ta.APGD(model, norm=lib_norm, eps=eps, steps=steps, n_restarts=restarts, seed=seed, loss="ce")(x, y)
+        with torch.no_grad():
+            left = (model(xa).argmax(1) == y).nonzero().flatten()
+        if targets > 0 and len(left):
+            # torchattacks attacks the ranks 2 .. n_classes of the logits: n_classes = targets + 1
+            t = ta.APGDT(model, norm=lib_norm, eps=eps, steps=steps, n_restarts=restarts, seed=seed,
+                         n_classes=targets + 1)
+            xa[left] = t(x[left], y[left])
+    return xa.detach()
+
+
+def _torchattacks():
+    try:
+        import torchattacks
+    except ImportError as e:
+        raise ImportError("APGD needs torchattacks: run `pip install --no-deps torchattacks==3.5.1` (`make setup` "
+                          "does; --no-deps because it pins requests==2.25.1, which it never imports).") from e
+    return torchattacks

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lib import attacks
+from lib.alignment import boundary_normal_cosine
 from lib.boundary import Boundary, boundary_search, check_target, logits
 from lib.data import check_images
 from lib.device import exact_fp32
@@ -339,12 +340,13 @@ def _agi_paths(model, x, target, j, steps, step_size, norm, batch_size) -> torch
 
 
 def boundary_alignment(model, x: torch.Tensor, target: torch.Tensor, boundary: Boundary) -> dict:
-    """Wang's alignment per image: cos(∇F(x), ∇F(x_b)) and cos(∇F(x), x − x_b); NaN where failed."""
-    g = saliency(model, x, target).flatten(1)
-    gb = bsm(model, x, target, boundary).flatten(1)
-    normal = (x.float() - boundary.points).flatten(1)
-    return {"cos_grad_boundary_grad": F.cosine_similarity(g, gb, dim=1),
-            "cos_grad_normal": F.cosine_similarity(g, normal, dim=1)}
+    """`lib.alignment.boundary_normal_cosine` as a dict: cos_saliency, cos_margin, distance, cos_direction (N,)
+    (aliases cos_grad_boundary_grad, cos_grad_normal); NaN where the search failed or target ≠ F(x)."""
+    cos = boundary_normal_cosine(model, x, boundary.points)
+    own = logits(model, x).argmax(1) == check_target(x, target)
+    out = {k if k == "distance" else f"cos_{k}": torch.where(own, getattr(cos, k), torch.nan)
+           for k in ("saliency", "margin", "distance", "direction")}
+    return {**out, "cos_grad_boundary_grad": out["cos_saliency"], "cos_grad_normal": out["cos_direction"]}
 
 
 # ---------------------------------------------------------------- a profile's whole comparison
@@ -373,9 +375,8 @@ def explain(model, x: torch.Tensor, target: torch.Tensor, cfg: dict, *, backgrou
     sg = dict(samples=cfg["smoothgrad"]["samples"], sigma=cfg["smoothgrad"]["sigma"], seed=seed, batch_size=bs)
     boundary = None
     if set(cfg["methods"]) & set(BOUNDARY_METHODS):
-        b, t0 = cfg["boundary"], time.perf_counter()
-        boundary = boundary_search(model, x, target, eps_list=b["eps"], steps=b["steps"],
-                                   rel_step=b.get("rel_step", 2.5), refine_steps=b.get("refine_steps", 10), seed=seed)
+        b, t0 = {k: v for k, v in cfg["boundary"].items() if k != "eps"}, time.perf_counter()
+        boundary = boundary_search(model, x, target, eps_list=cfg["boundary"]["eps"], seed=seed, **b)
         seconds["boundary_search"] = time.perf_counter() - t0
     run = {
         "saliency": lambda: saliency(model, x, target),

@@ -1,8 +1,12 @@
-"""The nearest decision boundary: linearized distance ρ̃ (exact for affine models), PGD searches over an ε
-list (Wang et al. 2022's boundary points) and the minimum-norm attack ρ (Etmann et al. 2019).
+"""The nearest decision boundary: linearized distance ρ̃ (exact for affine models) and ONE search for the
+closest adversarial point, `boundary_search`, which serves both papers:
 
-Attributions (BIG, BSM, BSG, BDT) and alignment (ρ, boundary-normal cosines) both take their boundary
-points from here. x: (N,C,H,W) float in [0,1]; distances are L2 in pixel units.
+- Wang et al. 2022 (boundary attributions BIG/BSM/BSG/BDT): L2 PGD over an increasing ε list, absolute
+  step rel_step·ε/steps, the smallest ε that flips the label, segment bisection, failures NaN;
+- Etmann et al. 2019 (empirical robustness ρ): the same ε list (or ρ̃(x)·2^k when none is given) as a
+  coarse bracket, then bisection over ε with margin-PGD, also targeted at the class attaining ρ̃.
+
+x: (N,C,H,W) float in [0,1]; distances are L2 in pixel units.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from lib.attacks import pgd
+from lib import attacks
 from lib.data import check_images
 from lib.models import eval_mode
 
@@ -27,11 +31,14 @@ class Linearized(NamedTuple):
     nearest: torch.Tensor  # (N,) the j ≠ i* attaining the minimum
 
 
-class MinNorm(NamedTuple):
-    radius: torch.Tensor   # (N,) ‖x_b − x‖ of the closest adversarial point found; inf where none
-    success: torch.Tensor  # (N,) bool: an adversarial point was found (and verified)
-    points: torch.Tensor   # (N,C,H,W) x_b, just across the decision boundary; x where no success
+class Boundary(NamedTuple):
+    """Closest adversarial points found. Rows where `success` is False are NaN: never usable by mistake."""
 
+    points: torch.Tensor    # (N,C,H,W) in [0,1], NaN where the search failed
+    success: torch.Tensor   # (N,) bool: the model's prediction at `points` differs from y (verified)
+    distance: torch.Tensor  # (N,) L2 ‖points − x‖ ≤ eps, NaN where failed
+    eps: torch.Tensor       # (N,) smallest attack radius that crossed (0: x already not y), NaN where failed
+    lower: torch.Tensor | None = None  # (N,) largest radius probed where the attack failed (0 if none)
 
 
 def check_target(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -125,63 +132,123 @@ def linearized_robustness(model, x: torch.Tensor, *, chunk: int | None = None) -
     return linearize(model, x, chunk=chunk).rho
 
 
-# ---------------------------------------------------------------- boundary search (Wang et al. 2022)
+# ---------------------------------------------------------------- the one nearest-boundary search
 
-class Boundary(NamedTuple):
-    """Closest adversarial points found. Rows where `success` is False are NaN: never usable by mistake."""
-
-    points: torch.Tensor    # (N,C,H,W) in [0,1], NaN where the search failed
-    success: torch.Tensor   # (N,) bool: the model's prediction at `points` differs from y
-    distance: torch.Tensor  # (N,) L2 ‖points − x‖, NaN where failed
-    eps: torch.Tensor       # (N,) the smallest ε of the list that crossed (0: x already not y), NaN where failed
+LOSSES = ("ce", "margin")
 
 
-def boundary_search(model, x: torch.Tensor, y: torch.Tensor, *, eps_list, steps: int = 20, rel_step: float = 2.5,
-                    refine_steps: int = 10, random_start: bool = False, seed: int = 0) -> Boundary:
-    """Nearest decision-boundary point per image by L2 PGD over an increasing ε list.
-
-    y: (N,) the class to leave, normally the model's prediction. For each ε in turn, images not
-    yet crossed get `steps` of L2 PGD with the absolute step rel_step·ε/steps (2.5·ε/steps is
-    Madry's rule); the first ε whose final point is not classified y is kept. refine_steps > 0
-    then bisects along the segment x → x_adv for the closest point that is still not y, so
-    each successful point is verified adversarial and within its ε. Images never crossed are
-    marked failed and their points are NaN.
-    """
-    y = check_target(x, y)
-    eps_list = [float(e) for e in eps_list]
-    if not eps_list or any(e <= 0 for e in eps_list) or eps_list != sorted(eps_list):
-        raise ValueError(f"eps_list must be positive and increasing, got {eps_list}")
-    x = x.float()
-    gen = torch.Generator(device=x.device).manual_seed(int(seed))
-    adv = torch.full_like(x, float("nan"))
-    found = torch.full((len(x),), float("nan"), device=x.device)
-    already = logits(model, x).argmax(1) != y
-    adv[already], found[already] = x[already], 0.0
-    for eps in eps_list:
-        todo = found.isnan().nonzero().flatten()
-        if len(todo) == 0:
-            break
-        xa = pgd(model, x[todo], y[todo], eps=eps, step_size=rel_step * eps / steps, steps=steps,
-                         norm="l2", random_start=random_start, generator=gen)
-        hit = logits(model, xa).argmax(1) != y[todo]
-        adv[todo[hit]], found[todo[hit]] = xa[hit], eps
-    success = ~found.isnan()
-    if refine_steps > 0 and success.any():
-        ok = success.nonzero().flatten()
-        adv[ok] = _bisect(model, x[ok], adv[ok], y[ok], refine_steps)
-    distance = torch.where(success, (adv - x).flatten(1).norm(dim=1), torch.full_like(found, float("nan")))
-    return Boundary(adv, success, distance, found)
+def _margin(model, x, y):
+    """max_{j≠y} Ψ^j − Ψ^y (untargeted), or Ψ^t − Ψ^y when y is (N,2) = (y, t)."""
+    out = model(x)
+    if y.ndim == 2:
+        return out.gather(1, y[:, 1:]).squeeze(1) - out.gather(1, y[:, :1]).squeeze(1)
+    own = out.gather(1, y[:, None]).squeeze(1)
+    return out.scatter(1, y[:, None], -math.inf).amax(1) - own
 
 
-def _bisect(model, x, xa, y, iters: int) -> torch.Tensor:
+def _line_search(model, x, xa, y, steps: int) -> torch.Tensor:
     """Closest point x + t(xa − x), t in (0,1], still not classified y (xa itself is not y)."""
     lo, hi = torch.zeros(len(x), device=x.device), torch.ones(len(x), device=x.device)
     shape = [-1] + [1] * (x.ndim - 1)
-    for _ in range(iters):
+    for _ in range(steps):
         mid = (lo + hi) / 2
         crossed = logits(model, x + mid.view(shape) * (xa - x)).argmax(1) != y
         hi, lo = torch.where(crossed, mid, hi), torch.where(crossed, lo, mid)
-    return x + hi.view(shape) * (xa - x)
+    return (x + hi.view(shape) * (xa - x)).clamp(0, 1)
+
+
+def _attack(model, x, y, eps, toward, *, steps, rel_step, loss, refine_steps, random_start, gen):
+    """(distance (n,), points): closest verified crossing from L2 PGD at radius eps (n,); inf where none.
+
+    Untargeted PGD on `loss`, and with `toward` (n,) also margin-PGD towards that class; each hit is
+    pulled back along its segment to the boundary (refine_steps bisections).
+    """
+    best_d = torch.full((len(x),), math.inf, device=x.device)
+    best_x = x.clone()
+    runs = [(y, None if loss == "ce" else _margin)] + ([(torch.stack([y, toward], 1), _margin)]
+                                                        if toward is not None else [])
+    for lab, fn in runs:
+        xa = attacks.pgd(model, x, lab, eps=eps, step_size=rel_step * eps / steps, steps=steps, norm="l2",
+                         random_start=random_start, generator=gen, loss_fn=fn)
+        ok = (logits(model, xa).argmax(1) != y).nonzero().flatten()
+        if len(ok) == 0:
+            continue
+        xb = _line_search(model, x[ok], xa[ok], y[ok], refine_steps) if refine_steps > 0 else xa[ok]
+        d = norm(xb - x[ok])
+        better = d < best_d[ok]
+        best_d[ok[better]], best_x[ok[better]] = d[better], xb[better]
+    return best_d, best_x
+
+
+def boundary_search(model, x: torch.Tensor, y: torch.Tensor | None = None, *, eps_list=None, steps: int = 20,
+                    rel_step: float = 2.5, refine_steps: int = 10, bisect_steps: int = 0, rtol: float = 0.01,
+                    loss: str = "ce", toward_nearest: bool = False, max_eps: float | None = None,
+                    random_start: bool = False, seed: int = 0, chunk: int | None = None,
+                    lin: Linearized | None = None) -> Boundary:
+    """Closest point across the decision boundary of y, per image, by L2 PGD at growing radii, then bisection.
+
+    y: (N,) the class to leave; default F(x). Rows already not classified y get distance 0.
+    1. Bracket: for each ε of eps_list (increasing; default ρ̃(x)·2^k up to max_eps = √d), images not yet
+       crossed get `steps` of PGD with the absolute step rel_step·ε/steps (Madry's 2.5·ε/steps); the first
+       ε whose point is not y is kept (Wang's search). `loss`: "ce" (foolbox's L2PGD, Wang's code) or
+       "margin" (max_{j≠y} Ψ^j − Ψ^y); toward_nearest also runs margin-PGD towards the class attaining ρ̃.
+    2. Every hit is verified and, with refine_steps > 0, bisected back along its segment x → x_adv.
+    3. bisect_steps > 0: bisection over ε between the largest failed radius `lower` and the distance found
+       (probing at least 0.85·distance), until distance − lower ≤ rtol·distance (Etmann's ρ).
+    Guarantees: every successful point is verified adversarial, in [0,1], and within its `eps`; so
+    distance ≥ ρ(x). When PGD is exact at every radius (affine models with toward_nearest), lower ≤ ρ,
+    so distance ≤ ρ/(1 − rtol) once the bisection has converged (at most bisect_steps probes; tested
+    within 2 % at rtol 0.02). Failures are flagged: success False and NaN points/distance/eps.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
+    check_images(x)
+    x = x.detach().float()
+    n, d = len(x), x[0].numel()
+    pred = logits(model, x).argmax(1)
+    y = pred if y is None else check_target(x, y)
+    if eps_list is None or toward_nearest:
+        lin = lin if lin is not None else linearize(model, x, chunk=chunk)
+    sched = _schedule(eps_list, lin, n, float(max_eps or math.sqrt(d)), x.device)
+    toward = lin.nearest if toward_nearest else None
+    gen = torch.Generator(device=x.device).manual_seed(int(seed))
+    kw = dict(steps=steps, rel_step=rel_step, loss=loss, refine_steps=refine_steps, random_start=random_start, gen=gen)
+    nan = torch.full((n,), math.nan, device=x.device)
+    dist, eps, lower = nan.clone(), nan.clone(), torch.zeros(n, device=x.device)
+    points = torch.full_like(x, math.nan)
+    already = pred != y
+    points[already], dist[already], eps[already] = x[already], 0.0, 0.0
+
+    def probe(idx, e):
+        dd, xb = _attack(model, x[idx], y[idx], e, None if toward is None else toward[idx], **kw)
+        hit = torch.isfinite(dd)
+        points[idx[hit]], dist[idx[hit]], eps[idx[hit]] = xb[hit], dd[hit], e[hit]
+        lower[idx[~hit]] = e[~hit]
+
+    for k in range(sched.shape[1]):
+        fresh = sched[:, k] > (sched[:, k - 1] if k else 0)  # a clamped schedule repeats max_eps: done
+        idx = (dist.isnan() & fresh).nonzero().flatten()
+        if len(idx):
+            probe(idx, sched[idx, k])
+    for _ in range(bisect_steps):
+        lower = torch.minimum(lower, dist.nan_to_num(math.inf))  # PGD may find a point below a failed radius
+        idx = (~dist.isnan() & (dist - lower > rtol * dist)).nonzero().flatten()
+        if len(idx) == 0:
+            break
+        probe(idx, torch.maximum((lower[idx] + dist[idx]) / 2, SHRINK * dist[idx]))
+    return Boundary(points, ~dist.isnan(), dist, eps, lower)
+
+
+def _schedule(eps_list, lin, n: int, max_eps: float, device) -> torch.Tensor:
+    """(N, K) radii of the bracketing phase: the shared eps_list, or ρ̃(x)·2^k clamped to max_eps."""
+    if eps_list is not None:
+        eps_list = [float(e) for e in eps_list]
+        if not eps_list or any(e <= 0 for e in eps_list) or eps_list != sorted(eps_list):
+            raise ValueError(f"eps_list must be positive and increasing, got {eps_list}")
+        return torch.tensor(eps_list, device=device).expand(n, -1)
+    e0 = torch.nan_to_num(lin.rho, nan=max_eps, posinf=max_eps).clamp(1e-3 * max_eps, max_eps)
+    k = int(math.ceil(math.log2(max_eps / float(e0.min())))) + 1
+    return (e0[:, None] * 2.0 ** torch.arange(k, device=device)).clamp(max=max_eps)
 
 
 def boundary_stats(boundary: Boundary) -> dict:
@@ -190,115 +257,3 @@ def boundary_stats(boundary: Boundary) -> dict:
     return {"success_rate": boundary.success.float().mean().item(),
             "mean_distance": d.mean().item() if len(d) else float("nan"),
             "median_distance": d.median().item() if len(d) else float("nan")}
-
-
-# ---------------------------------------------------------------- empirical robustness ρ(x)
-
-def _margin(model, x, y):
-    """max_{j≠y} Ψ^j − Ψ^y (untargeted), or Ψ^t − Ψ^y when y is (N,2) = (y, t)."""
-    logits = model(x)
-    if y.ndim == 2:
-        return logits.gather(1, y[:, 1:]).squeeze(1) - logits.gather(1, y[:, :1]).squeeze(1)
-    own = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], -math.inf).amax(1)
-    return other - own
-
-
-@torch.no_grad()
-def _is_adv(model, x, y) -> torch.Tensor:
-    return model(x).argmax(1) != y
-
-
-@torch.no_grad()
-def _line_search(model, x, x_adv, y, steps: int) -> torch.Tensor:
-    """The point x + t(x_adv − x) with the smallest t found by bisection that is still adversarial."""
-    delta = x_adv - x
-    lo = torch.zeros(len(x), 1, 1, 1, device=x.device)
-    hi = torch.ones_like(lo)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        adv = _is_adv(model, x + mid * delta, y).view(-1, 1, 1, 1)
-        hi = torch.where(adv, mid, hi)
-        lo = torch.where(adv, lo, mid)
-    return (x + hi * delta).clamp(0, 1)
-
-
-def _attack_at(model, x, y, target, eps, steps, line_steps):
-    """Closest verified adversarial point from margin-PGD at radius eps (untargeted, and towards `target`)."""
-    best_d = torch.full((len(x),), math.inf, device=x.device)
-    best_x = x.clone()
-    labels = [y] + ([torch.stack([y, target], 1)] if target is not None else [])
-    for lab in labels:
-        x_adv = pgd(model, x, lab, eps=eps, step_size=2.5 * eps / steps, steps=steps, random_start=False,
-                    loss_fn=_margin)
-        ok = _is_adv(model, x_adv, y)
-        if not ok.any():
-            continue
-        xb = _line_search(model, x[ok], x_adv[ok], y[ok], line_steps)
-        d = norm(xb - x[ok])
-        idx = ok.nonzero().squeeze(1)
-        better = d < best_d[idx]
-        best_d[idx[better]] = d[better]
-        best_x[idx[better]] = xb[better]
-    return best_d, best_x
-
-
-def min_norm_attack(model, x: torch.Tensor, y: torch.Tensor | None = None, *, steps: int = 20,
-                    bisect_steps: int = 10, rtol: float = 0.01, line_steps: int = 12, max_eps: float | None = None,
-                    linear_target: bool = True, chunk: int | None = None, lin: Linearized | None = None) -> MinNorm:
-    """Smallest L2 perturbation that changes the label: bisection over ε of margin-PGD (`lib.attacks.pgd`).
-
-    y: the label to leave, (N,); default F(x) (Etmann's ρ). Samples with F(x) ≠ y get radius 0.
-    At each ε, PGD maximises the margin max_{j≠y} Ψ^j − Ψ^y and, with `linear_target`, also Ψ^t − Ψ^y
-    towards the class t that attains ρ̃(x); a found point is verified and pulled back along its segment
-    to the boundary. ε starts at ρ̃(x), doubles until a point is found (up to max_eps, default √d),
-    then bisects (probing no lower than SHRINK·hi) until (hi − lo) ≤ rtol·hi, lo being the largest ε at
-    which the attack failed.
-    Tolerance: radius ≥ ρ always (a verified point); radius ≤ ρ·(1 + rtol) whenever PGD is exact at
-    each ε, e.g. for affine models (tested within 2%). lin: `linearize(model, x)` when already computed.
-    """
-    check_images(x)
-    x = x.detach().float()
-    n, d = len(x), x[0].numel()
-    max_eps = float(max_eps or math.sqrt(d))
-    with eval_mode(model):
-        lin = lin if lin is not None else linearize(model, x, chunk=chunk)
-        y = lin.pred if y is None else y.to(x.device)
-        target = lin.nearest if linear_target else None
-        radius = torch.full((n,), math.inf, device=x.device)
-        points = x.clone()
-        done = lin.pred != y
-        radius[done] = 0.0
-        lo = torch.zeros(n, device=x.device)
-        eps = torch.nan_to_num(lin.rho, nan=max_eps, posinf=max_eps).clamp(1e-3 * max_eps, max_eps)
-
-        def attack(idx, e):
-            t = None if target is None else target[idx]
-            dist, xb = _attack_at(model, x[idx], y[idx], t, e, steps, line_steps)
-            ok = dist < radius[idx]
-            radius[idx[ok]] = dist[ok]
-            points[idx[ok]] = xb[ok]
-            return torch.isfinite(dist)
-
-        for _ in range(int(math.log2(max_eps / eps.min())) + 2):  # grow until found or past max_eps
-            idx = (~done & ~torch.isfinite(radius) & (lo < max_eps)).nonzero().squeeze(1)
-            if len(idx) == 0:
-                break
-            found = attack(idx, eps[idx])
-            lo[idx[~found]] = eps[idx[~found]]
-            eps[idx] = torch.where(found, eps[idx], (2 * eps[idx]).clamp(max=max_eps))
-        for _ in range(bisect_steps):
-            lo = torch.minimum(lo, radius)
-            idx = (~done & torch.isfinite(radius) & (radius - lo > rtol * radius)).nonzero().squeeze(1)
-            if len(idx) == 0:
-                break
-            mid = torch.maximum((lo[idx] + radius[idx]) / 2, SHRINK * radius[idx])
-            found = attack(idx, mid)
-            lo[idx[~found]] = mid[~found]
-    return MinNorm(radius, torch.isfinite(radius), points)
-
-
-def robustness_radius(model, x: torch.Tensor, y: torch.Tensor | None = None, **kwargs):
-    """(radius (N,), success (N,) bool): empirical ρ(x) from `min_norm_attack`; radius inf where it failed."""
-    res = min_norm_attack(model, x, y, **kwargs)
-    return res.radius, res.success

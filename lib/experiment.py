@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lib import data, profiles, train
+from lib import data, profiles, zoo
 from lib.device import resolve_device
 from lib.paths import DATA_DIR, run_dirs
 
@@ -25,6 +25,9 @@ class Context:
         self.data_root = Path(data_root) if data_root else DATA_DIR
         self.device = resolve_device(device)
         self.seed = seed
+        for key in self.profile["models"]:  # a typo in an external entry fails here, before any work
+            if zoo.is_external(self.profile, key):
+                zoo.check_entry(profiles.model_config(self.profile, key), f"model {key!r} of {self.name!r}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.fig_dir.mkdir(parents=True, exist_ok=True)
 
@@ -35,9 +38,10 @@ class Context:
         return self.profile[name]
 
     def model(self, key: str):
-        """A model trained by notebook 01; a clear error if it has not run yet."""
-        return train.get_model(self.profile, key, self.run_dir, device=self.device, data_root=self.data_root,
-                               train_if_missing=False)
+        """A model trained by notebook 01 (a clear error if it has not run yet), or the published
+        checkpoint its profile entry names (`source:`, lib/zoo.py)."""
+        return zoo.get_model(self.profile, key, self.run_dir, device=self.device, data_root=self.data_root,
+                             train_if_missing=False)
 
     def dataset(self, split: str):
         return data.load_for(self.profile, split, self.data_root)

@@ -4,16 +4,19 @@ FID uses pytorch-fid's InceptionV3 with its FID weights, read from a local file 
 never touches the network. For small grayscale data (Fashion-MNIST, digits) Inception features are
 a poor fit, so the same Fréchet distance is computed in the penultimate features of an
 independently trained classifier (`domain_extractor`) and labelled `FD-<extractor>`, never "FID".
+A profile's `fid.feature_spaces` names several extractors (e.g. Inception, a standard-trained and a
+robust-trained domain classifier): a conclusion about generated images holds only where they agree.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
+from pytorch_fid import inception as pfi
+from torch import nn
 
 from lib import checkpoints, profiles
 from lib.data import check_images
@@ -28,15 +31,18 @@ FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 # several public projects pin for this very file (95,628,359 bytes). Callers loading a stand-in
 # file pass their own `sha256`.
 FID_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
-EXTRACTOR_KEYS = {"arch", "arch_kwargs", "seed"}
+EXTRACTOR_KEYS = {"arch", "arch_kwargs", "seed", "features"}
+# pytorch-fid's block layout (InceptionV3.__init__): the Inception3 modules of each output block
+BLOCKS = (("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool"),
+          ("Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool"),
+          ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"),
+          ("Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool"))
 
 
 # ---------------------------------------------------------------- Inception with local weights only
 
 def fid_weights_url() -> str:
-    from pytorch_fid.inception import FID_WEIGHTS_URL
-
-    return FID_WEIGHTS_URL
+    return pfi.FID_WEIGHTS_URL
 
 
 def default_weights_path() -> Path:
@@ -48,27 +54,53 @@ def weights_available(weights: str | Path | None = None) -> bool:
     return Path(weights or default_weights_path()).is_file()
 
 
+class FIDInception(pfi.InceptionV3):
+    """pytorch-fid's `InceptionV3` (its forward: bilinear resize to 299², scaling to [-1, 1], the blocks)
+    built from a given state dict instead of its constructor's download. Returns block outputs (N,d,h,w)."""
+
+    def __init__(self, output_blocks, state: dict):
+        nn.Module.__init__(self)
+        self.resize_input, self.normalize_input = True, True
+        self.output_blocks = sorted(output_blocks)
+        self.last_needed_block = max(output_blocks)
+        net = fid_inception_architecture()
+        net.load_state_dict(state)
+        pools = {"maxpool": lambda: nn.MaxPool2d(kernel_size=3, stride=2),
+                 "avgpool": lambda: nn.AdaptiveAvgPool2d(output_size=(1, 1))}
+        self.blocks = nn.ModuleList(
+            nn.Sequential(*[pools[n]() if n in pools else getattr(net, n) for n in names])
+            for names in BLOCKS[:self.last_needed_block + 1])
+        self.requires_grad_(False)
+
+
+def fid_inception_architecture() -> nn.Module:
+    """pytorch-fid's `fid_inception_v3()` network with uninitialised weights (no download)."""
+    net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    for name, block, args in (("Mixed_5b", pfi.FIDInceptionA, (192, 32)), ("Mixed_5c", pfi.FIDInceptionA, (256, 64)),
+                              ("Mixed_5d", pfi.FIDInceptionA, (288, 64)), ("Mixed_6b", pfi.FIDInceptionC, (768, 128)),
+                              ("Mixed_6c", pfi.FIDInceptionC, (768, 160)), ("Mixed_6d", pfi.FIDInceptionC, (768, 160)),
+                              ("Mixed_6e", pfi.FIDInceptionC, (768, 192)), ("Mixed_7b", pfi.FIDInceptionE_1, (1280,)),
+                              ("Mixed_7c", pfi.FIDInceptionE_2, (2048,))):
+        setattr(net, name, block(*args))
+    return net
+
+
 def inception(dims=(2048,), weights: str | Path | None = None, *, sha256: str = FID_WEIGHTS_SHA256,
-              device="cpu"):
-    """pytorch-fid's `InceptionV3` returning the blocks of `dims` (64, 192, 768, 2048), in eval mode.
+              device="cpu") -> FIDInception:
+    """pytorch-fid's InceptionV3 returning the blocks of `dims` (64, 192, 768, 2048), in eval mode.
 
     weights: the FID weights file; None looks in the torch hub cache. The file's SHA-256 must equal
     `sha256`, and it is read with `torch.load(weights_only=True)`. Never downloads.
     """
-    from pytorch_fid import inception as pfi
-
     unknown = [d for d in dims if d not in pfi.InceptionV3.BLOCK_INDEX_BY_DIM]
     if unknown or not dims:
         raise ValueError(f"dims must be a non-empty tuple of {sorted(pfi.InceptionV3.BLOCK_INDEX_BY_DIM)}, got {dims}")
     state = _load_weights(Path(weights) if weights else default_weights_path(), sha256)
-    blocks = sorted({pfi.InceptionV3.BLOCK_INDEX_BY_DIM[d] for d in dims})
-    # pytorch-fid's constructor fetches the weights by URL: hand it the verified local state instead.
-    with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: state):
-        try:
-            net = pfi.InceptionV3(blocks)
-        except RuntimeError as e:
-            raise ValueError(f"the weights file does not fit pytorch-fid's FID Inception ({str(e)[:200]}); "
-                             f"use {FID_WEIGHTS_FILE} from {fid_weights_url()}") from e
+    try:
+        net = FIDInception({pfi.InceptionV3.BLOCK_INDEX_BY_DIM[d] for d in dims}, state)
+    except RuntimeError as e:
+        raise ValueError(f"the weights file does not fit pytorch-fid's FID Inception ({str(e)[:200]}); "
+                         f"use {FID_WEIGHTS_FILE} from {fid_weights_url()}") from e
     net.dims = tuple(sorted(dims))
     return net.to(device).eval()
 
@@ -99,28 +131,79 @@ def sha256_file(path: str | Path) -> str:
 
 def domain_extractor(profile: dict, spec: dict, run_dir: str | Path, *, device="cpu", data_root="data",
                      progress: bool = True):
-    """The classifier whose R(x) replaces Inception features on `profile`'s dataset: trained (once, then
-    cached under run_dir/models/fd_extractor-<hash>) on the same data as the profile's `standard` model,
-    with the architecture, seed and training overrides in `spec` (e.g. {arch: small_cnn,
-    arch_kwargs: {width: 32}, seed: 1}). Both the seed and the architecture must differ from the
-    models under test, so the features are independent of them.
+    """A classifier whose R(x) replaces Inception features on `profile`'s dataset: trained (once, then
+    cached under run_dir/models/fd_extractor-<hash>) on the same data as the profile's models, with the
+    architecture, seed and training settings in `spec` (e.g. {arch: small_cnn, arch_kwargs: {width: 24},
+    seed: 1}; add `mode: pgd, eps, step_size, steps` for a robust-trained extractor). Both the seed and
+    the architecture must differ from the models under test, so the features are independent of them.
     """
+    spec = {k: v for k, v in spec.items() if k != "features"}
     unknown = set(spec) - EXTRACTOR_KEYS - set(profiles.TRAIN_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown fd extractor settings {sorted(unknown)}; use arch, arch_kwargs, seed "
                          "or training settings")
     base = profiles.model_config(profile, "standard")
-    cfg = {**base, **spec, "mode": "standard"}
+    cfg = {**base, "mode": "standard", **spec}
     # a feature extractor needs no robustness evaluation: eps 0 makes val/test PGD a no-op (clean accuracy)
     cfg["eval"] = {**cfg["eval"], "eps": 0.0, "steps": 0, "val_steps": 0}
     if cfg["seed"] == base["seed"] or (cfg["arch"], cfg["arch_kwargs"]) == (base["arch"], base["arch_kwargs"]):
         raise ValueError("the fd extractor must differ from the standard model in both seed and architecture "
-                         "(set `seed` and `arch`/`arch_kwargs` in the profile's fid.extractor)")
+                         "(set `seed` and `arch`/`arch_kwargs` in the profile's fid.feature_spaces entry)")
     out_dir = Path(run_dir) / "models" / f"fd_extractor-{profiles.config_hash(cfg)}"
     if checkpoints.is_complete(out_dir):
         return checkpoints.load_model(out_dir, device)
     return train(cfg, out_dir, device=device, data_root=data_root, progress=progress,
                  meta_extra={"profile": profile["name"], "key": "fd_extractor"})
+
+
+def feature_spaces(section: dict, profile: dict, run_dir, *, dims=(2048,), device="cpu", data_root="data",
+                   progress: bool = True) -> dict:
+    """name -> `feature_space(...)` for every entry of a profile's `fid.feature_spaces`."""
+    spaces = section.get("feature_spaces") or {}
+    if not spaces:
+        raise ValueError("the profile's fid section needs feature_spaces, e.g. {standard_cnn: {features: domain, "
+                         "arch: small_cnn, arch_kwargs: {width: 24}, seed: 1}}")
+    return {name: feature_space(section, name, profile, run_dir, dims=dims, device=device, data_root=data_root,
+                                progress=progress) for name in spaces}
+
+
+def feature_space(section: dict, name: str, profile: dict, run_dir, *, dims=(2048,), device="cpu",
+                  data_root="data", progress: bool = True):
+    """The extractor of entry `name` of `fid.feature_spaces`: {features: inception} (FID weights from
+    `fid.weights` or the torch hub cache: a clear error if missing) or {features: domain, <domain_extractor
+    settings>}. dims: Inception blocks (2048: FID; 192: Tables 3/6)."""
+    spaces = section.get("feature_spaces") or {}
+    if name not in spaces:
+        raise ValueError(f"fid.feature_spaces has no entry {name!r}; it has: {', '.join(spaces) or '(none)'}")
+    spec = spaces[name]
+    kind = spec.get("features", "domain")
+    if kind == "inception":
+        return inception(dims, section.get("weights"), sha256=section.get("sha256") or FID_WEIGHTS_SHA256,
+                         device=device)
+    if kind == "domain":
+        return domain_extractor(profile, spec, run_dir, device=device, data_root=data_root, progress=progress)
+    raise ValueError(f"fid.feature_spaces.{name}.features must be inception or domain, got {kind!r}")
+
+
+def describe(extractor) -> dict:
+    """What a feature space is: label, name, training mode, seed and test accuracy (domain extractors)."""
+    meta = getattr(extractor, "meta", {})
+    cfg = meta.get("config", {})
+    return {"label": distance_label(extractor), "extractor": extractor_name(extractor), "mode": cfg.get("mode"),
+            "seed": cfg.get("seed"), "eps": cfg.get("eps"), "test_acc": meta.get("metrics", {}).get("clean_acc")}
+
+
+def accuracy(extractor, x: torch.Tensor, y, *, batch_size: int = 500, device=None) -> float | None:
+    """Percent of images x (N,C,H,W) in [0,1] that `extractor` classifies as y (N,); None for Inception,
+    whose 1008 ImageNet outputs are not this dataset's classes."""
+    if _is_inception(extractor):
+        return None
+    device = device or next(extractor.parameters()).device
+    y = torch.as_tensor(y)
+    with torch.no_grad(), eval_mode(extractor):
+        pred = torch.cat([extractor(x[s:s + batch_size].to(device)).argmax(1).cpu()
+                          for s in range(0, len(x), batch_size)])
+    return 100 * (pred == y).float().mean().item()
 
 
 # ---------------------------------------------------------------- features and distances
@@ -145,7 +228,7 @@ def activations(images, extractor, batch_size: int = 50, *, device=None, quantiz
                 progress: bool = True) -> np.ndarray:
     """Features of every image: (N, D) float64.
 
-    images: an (N,C,H,W) tensor in [0,1], or a dataset of (image, label).
+    images: an (N,C,H,W) tensor in [0,1], or a `lib.data` dataset.
     extractor: `inception(...)` (grayscale is repeated to 3 channels; the network resizes to 299×299
     bilinearly and pools each block to 1×1, exactly as pytorch-fid) or a robinterp classifier (R(x)).
     quantize: round to 8 bits first, as pytorch-fid sees images it reads from PNG files.
@@ -218,43 +301,41 @@ def feature_distance(a, b, extractor, *, batch_size: int = 50, device=None) -> n
     return np.linalg.norm(fa - fb, axis=1)
 
 
+def group_distance(a, b, extractor, group: int, *, batch_size: int = 50, device=None) -> np.ndarray:
+    """Boychev's inversion statistic (Tables 3/6): for each run of `group` consecutive pairs, ONE L2 norm
+    over the stacked (group × D) feature difference, i.e. √(Σ per-pair distance²) ≈ √group × a per-pair
+    distance (his notebook: `torch.norm(d2 - d1)` on a 3×192 tensor). a, b: paired (N,C,H,W), N = k·group.
+    Returns (k,)."""
+    d = feature_distance(a, b, extractor, batch_size=batch_size, device=device)
+    if len(d) % group:
+        raise ValueError(f"{len(d)} pairs do not split into groups of {group}")
+    return np.sqrt((d.reshape(-1, group) ** 2).sum(1))
+
+
 def frechet_of(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance of two (N, D) activation sets."""
     return frechet_distance(*statistics(a), *statistics(b))
 
 
-def per_class_fd(acts: np.ndarray, y, ref: np.ndarray, ref_y, classes) -> np.ndarray:
-    """(K,) Fréchet distance of each class's activations to the reference activations of that class."""
+def per_class_fd(acts: np.ndarray, y, ref: np.ndarray, ref_y, classes) -> tuple[np.ndarray, str | None]:
+    """(K,) Fréchet distance of each class's activations to the reference activations of that class,
+    and None; or (K,) NaN and the reason when a class has fewer images than feature dimensions in
+    either set (rule n ≥ d: below it the class covariance is singular and the distance is dominated
+    by estimation noise; at ImageNet-150 it also avoids 150 solves in 2048-d from 50 vs 50 images)."""
     y, ref_y = np.asarray(y), np.asarray(ref_y)
-    return np.array([frechet_of(acts[y == c], ref[ref_y == c]) for c in classes])
-
-
-def make_extractor(section: dict, profile: dict, run_dir, *, dims=(2048,), device="cpu", data_root="data",
-                   progress: bool = True):
-    """The feature extractor a profile's `fid:` section asks for.
-
-    section["features"]: "inception" (FID weights required: a clear error if missing), "domain"
-    (`domain_extractor` with section["extractor"]) or "auto" (inception when its weights are present).
-    """
-    kind = section.get("features", "auto")
-    if kind not in ("inception", "domain", "auto"):
-        raise ValueError(f"fid.features must be inception, domain or auto, got {kind!r}")
-    if kind == "auto":
-        kind = "inception" if weights_available(section.get("weights")) else "domain"
-    if kind == "inception":
-        return inception(dims, section.get("weights"), sha256=section.get("sha256") or FID_WEIGHTS_SHA256,
-                         device=device)
-    return domain_extractor(profile, section["extractor"], run_dir, device=device, data_root=data_root,
-                            progress=progress)
+    d = acts.shape[1]
+    n = min(min((y == c).sum(), (ref_y == c).sum()) for c in classes)
+    if n < d:
+        return np.full(len(classes), np.nan), (f"not computed: {n} images in the smallest class set, fewer than "
+                                               f"the {d} feature dimensions (rule: n ≥ d)")
+    return np.array([frechet_of(acts[y == c], ref[ref_y == c]) for c in classes]), None
 
 
 def _is_inception(extractor) -> bool:
-    return type(extractor).__name__ == "InceptionV3" and hasattr(extractor, "blocks")
+    return isinstance(extractor, pfi.InceptionV3)
 
 
 def _slice(images, start: int, stop: int) -> torch.Tensor:
     if torch.is_tensor(images):
         return images[start:stop]
-    if hasattr(images, "batch"):
-        return images.batch(torch.arange(start, stop))[0]
-    return torch.stack([images[i][0] for i in range(start, stop)])
+    return images.batch(torch.arange(start, stop))[0]

@@ -88,8 +88,6 @@ def save_artefact(run_dir, name: str, draw_name: str, data: dict) -> None:
 
 def load_artefact(path: str | Path) -> tuple[str, dict]:
     """(draw function name, data) of a saved artefact; arrays come back as numpy."""
-
-
     path = Path(path)
     spec = json.loads(path.with_suffix(".json").read_text())
     with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
@@ -100,7 +98,6 @@ def load_artefact(path: str | Path) -> tuple[str, dict]:
 # ---------------------------------------------------------------- notebook 03: alignment theory (Etmann, Wang)
 
 def _groups(group, groups):
-
     group = np.asarray(group)
     return [(name, group == i) for i, name in enumerate(groups)]
 
@@ -111,13 +108,13 @@ def alignment_vs_robustness(sweep: list, model: list, alpha: list, alpha_err: li
 
     All arguments are per (sweep, model) row; rows of a sweep are in order of training strength.
     """
-
     kinds = list(dict.fromkeys(sweep))
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         rows = [i for i, s in enumerate(sweep) if s == kind]
         a, ae = np.asarray(alpha)[rows], np.asarray(alpha_err)[rows]
-        for x, xe, label, mk in ((rho_lin, rho_lin_err, "linearized ρ̃", "o-"), (rho_emp, rho_emp_err, "empirical ρ", "s--")):
+        for x, xe, label, mk in ((rho_lin, rho_lin_err, "linearized ρ̃", "o-"),
+                                 (rho_emp, rho_emp_err, "empirical ρ", "s--")):
             x, xe = np.asarray(x)[rows], np.asarray(xe)[rows]
             ax.errorbar(x, a, xerr=xe, yerr=ae, fmt=mk, capsize=2, label=label, mfc="white" if "s" in mk else None)
         for i in rows:
@@ -143,7 +140,6 @@ def linearization_quality(rho_lin, rho_emp, group, groups: list):
 
 def _diagonal_scatter(x, y, group, groups: list, xlabel: str, ylabel: str, *, log: bool):
     """Per-sample scatter, one colour per group, with the identity line over the finite (positive if log) range."""
-
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y) & ((x > 0) & (y > 0) if log else True)
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
@@ -166,7 +162,6 @@ def _diagonal_scatter(x, y, group, groups: list, xlabel: str, ylabel: str, *, lo
 
 def homogeneity_by_model(fraction, group, groups: list):
     """Etmann's "fraction of homogeneous part of logit" |⟨x,g⟩|/(|⟨x,g⟩|+|β|), distribution per model."""
-
     df = pd.DataFrame({"model": np.asarray(groups)[np.asarray(group)], "fraction": np.asarray(fraction)})
     fig, ax = plt.subplots(figsize=(1.1 * len(groups) + 2, 3.4))
     sns.boxplot(data=df, x="model", y="fraction", ax=ax, fliersize=1)
@@ -179,7 +174,6 @@ def homogeneity_by_model(fraction, group, groups: list):
 
 def bound_check(model: list, holds: list, rho_lin: list, alpha: list, angle: list, beta: list):
     """Left: fraction of samples where ρ̃ ≤ α + ‖x‖‖ḡ†−ḡ‖ + |β†|/‖g†‖. Right: mean terms (stacked) and mean ρ̃."""
-
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(2.2 * len(model) + 3, 3.4))
     pos = np.arange(len(model))
     a0.bar(pos, holds, color="tab:green")
@@ -201,21 +195,37 @@ def bound_check(model: list, holds: list, rho_lin: list, alpha: list, angle: lis
     return fig
 
 
-def boundary_cosine(cos_normal, cos_direction, group, groups: list, cos_margin=None):
-    """Wang's claim: cos(∇Ψ^{i*}(x), boundary normal n(x_b)) and cos(∇Ψ^{i*}(x), x − x_b), per model;
-    optionally cos(∇(Ψ^{i*} − Ψ^j)(x), n(x_b)), the decision gradient at x."""
-
+def boundary_cosine(cos_saliency, cos_margin, cos_direction, group, groups: list):
+    """Wang's measure per model: cos(∇Ψ(x), ∇Ψ(x_b)) (SM vs BSM), cos(∇(Ψⁱ−Ψʲ)(x), ∇(Ψⁱ−Ψʲ)(x_b)),
+    cos(∇Ψ(x), x − x_b)."""
     names = np.asarray(groups)[np.asarray(group)]
-    measures = [(cos_normal, "cos(∇Ψ(x), n(x_b))"), (cos_direction, "cos(∇Ψ(x), x − x_b)")]
-    if cos_margin is not None:
-        measures.append((cos_margin, "cos(∇(Ψⁱ−Ψʲ)(x), n(x_b))"))
+    measures = [(cos_saliency, "cos(∇Ψ(x), ∇Ψ(x_b))"), (cos_margin, "cos(∇(Ψⁱ−Ψʲ)(x), ∇(Ψⁱ−Ψʲ)(x_b))"),
+                (cos_direction, "cos(∇Ψ(x), x − x_b)")]
     df = pd.concat([pd.DataFrame({"model": names, "cosine": np.asarray(v), "measure": m}) for v, m in measures])
-    df = df.dropna()
-    fig, ax = plt.subplots(figsize=(2.4 * len(measures) + 1, 3.6))
-    sns.violinplot(data=df, x="measure", y="cosine", hue="model", split=len(groups) == 2, inner="quart",
-                   cut=0, ax=ax)
+    fig, ax = plt.subplots(figsize=(2.6 * len(measures) + 1, 3.6))
+    sns.violinplot(data=df.dropna(), x="measure", y="cosine", hue="model", inner="quart", cut=0, ax=ax)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel("")
+    fig.tight_layout()
+    return fig
+
+
+def cosine_vs_distance(rho_emp, cos_saliency, cos_margin, group, groups: list, edges: list, saliency_mean: dict,
+                       margin_mean: dict):
+    """Wang's cosines against boundary distance ‖x − x_b‖: samples (dots) and means in shared quantile bins (lines)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    mids = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    for ax, cos, mean, title in ((axes[0], cos_saliency, saliency_mean, "cos(∇Ψ(x), ∇Ψ(x_b))"),
+                                 (axes[1], cos_margin, margin_mean, "cos(∇(Ψⁱ−Ψʲ)(x), ∇(Ψⁱ−Ψʲ)(x_b))")):
+        for i, (name, m) in enumerate(_groups(group, groups)):
+            ax.scatter(np.asarray(rho_emp)[m], np.asarray(cos)[m], s=4, alpha=0.3, color=f"C{i}")
+            ax.plot(mids, np.asarray(mean[name], dtype=float), "o-", color=f"C{i}", label=name)
+        for e in edges:
+            ax.axvline(e, color="0.85", lw=0.6, zorder=0)
+        low = np.nanmin(np.concatenate([np.asarray(cos_saliency), np.asarray(cos_margin), [0.0]]))
+        ax.set(title=title, xlabel="boundary distance ‖x − x_b‖ (L2, pixels)", ylim=(low - 0.05, 1.02))
+    axes[0].set_ylabel("cosine")
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

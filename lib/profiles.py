@@ -18,6 +18,8 @@ TRAIN_DEFAULTS = {
     "norm": "l2", "eps": 0.0, "step_size": 0.0, "steps": 0, "lam": 0.0, "channels_last": False,
     "compile": False, "data_on_device": False, "tf32": True, "select": "auto",
 }
+# A model entry with `source:` names a published checkpoint (lib/zoo.py) instead of a training recipe.
+EXTERNAL_KEYS = ("source", "path", "arch", "name", "wnids", "mean", "std")
 # Speed options that leave the trained weights' meaning unchanged: not part of a model's identity.
 RUNTIME_KEYS = ("compile", "data_on_device", "tf32")
 # Settings added after models were trained: left out of the hash at these values, so those models keep their folder.
@@ -52,13 +54,22 @@ def model_config(profile: dict, key: str) -> dict:
     if key not in profile["models"]:
         raise ValueError(f"profile {profile['name']!r} has no model {key!r}; its models: "
                          f"{', '.join(profile['models'])}")
-    cfg = {**TRAIN_DEFAULTS, **profile.get("train", {}), **(profile["models"][key] or {})}
+    entry = profile["models"][key] or {}
+    if "source" in entry:  # an external checkpoint: its identity is the file and the dataset
+        unknown = set(entry) - set(EXTERNAL_KEYS)
+        if unknown or not entry.get("path"):
+            raise ValueError(f"model {key!r} of profile {profile['name']!r} names an external checkpoint: it "
+                             f"needs `path:` and takes only {', '.join(EXTERNAL_KEYS)} (unknown: {sorted(unknown)})")
+        return {**entry, "dataset": profile["dataset"]}
+    cfg = {**TRAIN_DEFAULTS, **profile.get("train", {}), **entry}
     unknown = set(cfg) - set(TRAIN_DEFAULTS) - {"arch", "arch_kwargs"}
     if unknown:
         raise ValueError(f"model {key!r} of profile {profile['name']!r} has unknown settings: {sorted(unknown)}")
     cfg.setdefault("arch", profile.get("arch", "small_cnn"))
     cfg.setdefault("arch_kwargs", profile.get("arch_kwargs", {}))
-    cfg.update(dataset=profile["dataset"], seed=profile.get("seed", 0), eval=copy.deepcopy(profile["eval"]))
+    # eval.apgd only sets notebook 01's extra APGD column (lib/robustness.py): not part of a model's identity
+    ev = {k: v for k, v in profile["eval"].items() if k != "apgd"}
+    cfg.update(dataset=profile["dataset"], seed=profile.get("seed", 0), eval=copy.deepcopy(ev))
     if profile.get("dataset_options"):  # absent for most profiles, so their hashes stay as they were
         cfg["dataset_options"] = dict(profile["dataset_options"])
     if cfg["compile"] and cfg["mode"] == "gradnorm":
@@ -121,7 +132,8 @@ def merge(base: dict, overrides: dict, where: str = "") -> dict:
         if key not in out and not free:
             known_keys = ", ".join(map(str, out)) or "(none)"
             raise ValueError(f"unknown profile setting {path!r}; known at this level: {known_keys}")
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and out[key]:
+        replace = where == "models" and isinstance(value, dict) and "source" in value  # a checkpoint, not a recipe
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and out[key] and not replace:
             out[key] = merge(out[key], value, path)
         else:
             out[key] = copy.deepcopy(value)

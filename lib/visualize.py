@@ -2,8 +2,10 @@
 
 Every optimiser here is `lib.attacks.pgd` with a custom `loss_fn` (L2, no random start, per
 example): representation inversion, direct feature visualisation and class-specific image
-generation differ only in the loss they maximise. Class-conditional seeds for generation are
-drawn from a multivariate normal fitted to a class's *train* images.
+generation differ only in the loss they maximise. `fake_relu=True` (the reference code's choice)
+passes the gradient through the final ReLU of R(x) (`models.Classifier.features`). Class-conditional
+seeds for generation are drawn from a multivariate normal fitted to a class's images (train by
+default; the reference code used test). Datasets follow `lib.data`'s interface (`labels`, `batch`).
 """
 
 from __future__ import annotations
@@ -19,22 +21,40 @@ from lib.device import exact_fp32
 from lib.models import eval_mode
 from lib.progress import tqdm
 
+SOURCES = ("image", "noise", "triple")
 MAX_SEED_DIMS = 16384  # a full covariance beyond this is too large: fit at a coarse grain instead
+
+
+def compared_models(profile: dict, keys=None) -> list[str]:
+    """Models notebooks 04-06 compare: `keys` when given, else the profile's pgd sweep ordered by ε
+    (standard → most robust), else ["standard", "robust"]."""
+    if keys:
+        return list(keys)
+    sweep = (profile.get("sweeps") or {}).get("pgd")
+    return sorted(sweep, key=sweep.get) if sweep else ["standard", "robust"]
+
+
+def paper_values(profile: dict, field: str) -> dict | None:
+    """{row: the paper's `field`} (e.g. fid, inversion_distance) from the profile's `paper` section, or None."""
+    out = {k: v[field] for k, v in (profile.get("paper") or {}).items() if isinstance(v, dict) and field in v}
+    return out or None
 
 
 # ---------------------------------------------------------------- representation inversion
 
-def relative_distance(model, x: torch.Tensor, r_targ: torch.Tensor) -> torch.Tensor:
+def relative_distance(model, x: torch.Tensor, r_targ: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
     """‖R(x) − r_targ‖ / ‖r_targ‖ per example. x: (N,C,H,W) in [0,1]; r_targ: (N,D). Returns (N,)."""
-    diff = (model.features(x) - r_targ).flatten(1).norm(dim=1)
+    diff = (model.features(x, fake_relu) - r_targ).flatten(1).norm(dim=1)
     return diff / r_targ.flatten(1).norm(dim=1).clamp_min(1e-12)
 
 
 @exact_fp32
 def invert_representation(model, x_src: torch.Tensor, x_targ: torch.Tensor, *, eps: float, step_size: float,
-                          iters: int, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+                          iters: int, batch_size: int | None = None, fake_relu: bool = False,
+                          progress: bool = True) -> torch.Tensor:
     """Find x = x_src + δ whose representation matches R(x_targ): minimise the per-example relative
     distance ‖R(x) − R(x_targ)‖ / ‖R(x_targ)‖ (not one distance over the batch, as the reference code did).
+    fake_relu: gradient through R's final ReLU (the reference code's setting).
 
     x_src, x_targ: (N,C,H,W) in [0,1] (the source is noise or another image). Returns (N,C,H,W) in [0,1].
     """
@@ -48,42 +68,63 @@ def invert_representation(model, x_src: torch.Tensor, x_targ: torch.Tensor, *, e
     def run(idx):
         r = r_targ[idx]
         return pgd(model, x_src[idx], None, eps=eps, step_size=step_size, steps=iters, random_start=False,
-                   loss_fn=lambda m, x, _: -relative_distance(m, x, r))
+                   loss_fn=lambda m, x, _: -relative_distance(m, x, r, fake_relu))
 
     return _chunked(run, len(x_src), batch_size, progress, "inversion")
 
 
 def inversion_pairs(dataset, n: int, *, source: str = "image", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """n random (source, target) pairs for inversion: the source is a random image of another class
-    (`source="image"`) or uniform noise (`"noise"`). Returns x_src, x_targ: (n,C,H,W) in [0,1]."""
-    if source not in ("image", "noise"):
-        raise ValueError(f"source must be 'image' or 'noise', got {source!r}")
+    """(source, target) pairs for inversion. Returns x_src, x_targ: (M,C,H,W) in [0,1].
+
+    source="image": n pairs, the source a random test image of another class; "noise": n pairs from
+    `noise_seeds(kind="uniform")`; "triple" (Boychev's Tables 3/6 protocol): n targets, each repeated
+    3 times with sources = two other random images and one noise image 0.5 + U(0,1)/20, M = 3n,
+    grouped by target (rows 3t, 3t+1, 3t+2 share target t).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"inversion source must be one of {', '.join(SOURCES)}, got {source!r}")
     gen = torch.Generator().manual_seed(seed)
-    y = labels(dataset)
+    y = dataset.labels
     targ = torch.randperm(len(dataset), generator=gen)[:n]
-    x_targ = stack_images(dataset, targ)
+    if source == "triple":
+        src = torch.stack([_other_images(len(dataset), int(t), 2, gen) for t in targ])  # (n, 2)
+        x_targ = dataset.batch(targ.repeat_interleave(3))[0]
+        noise = noise_seeds(n, dataset.shape, seed=seed, kind="uniform")
+        x_src = torch.cat([dataset.batch(src.flatten())[0].view(n, 2, *dataset.shape), noise[:, None]], 1)
+        return x_src.flatten(0, 1), x_targ
+    x_targ = dataset.batch(targ)[0]
     if source == "noise":
-        return torch.rand(x_targ.shape, generator=gen), x_targ
+        return noise_seeds(n, dataset.shape, seed=seed, kind="uniform"), x_targ
     src = torch.empty_like(targ)
     for i, t in enumerate(targ.tolist()):
         other = (y != y[t]).nonzero().flatten()
         src[i] = other[torch.randint(len(other), (1,), generator=gen)]
-    return stack_images(dataset, src), x_targ
+    return dataset.batch(src)[0], x_targ
 
 
-def noise_seeds(n: int, shape, *, seed: int = 0, std: float = 0.05) -> torch.Tensor:
-    """Grey images with a little Gaussian noise, the starting points of feature visualisation
-    (MadryLab: 0.5 + N(0,1)/20). Returns (n, *shape) in [0,1]."""
+def _other_images(n: int, t: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k distinct random indices in range(n), none equal to t."""
+    idx = torch.randperm(n - 1, generator=gen)[:k]
+    return idx + (idx >= t).long()
+
+
+def noise_seeds(n: int, shape, *, seed: int = 0, kind: str = "normal") -> torch.Tensor:
+    """Grey images with a little noise: 0.5 + N(0,1)/20 (`normal`: MadryLab's feature-visualisation
+    start) or 0.5 + U(0,1)/20 (`uniform`: Boychev's inversion noise source). Returns (n, *shape) in [0,1]."""
     gen = torch.Generator().manual_seed(seed)
-    return (0.5 + std * torch.randn(n, *shape, generator=gen)).clamp(0, 1)
+    if kind == "normal":
+        return (0.5 + torch.randn(n, *shape, generator=gen) / 20).clamp(0, 1)
+    if kind == "uniform":
+        return 0.5 + torch.rand(n, *shape, generator=gen) / 20
+    raise ValueError(f"noise kind must be 'normal' or 'uniform', got {kind!r}")
 
 
 # ---------------------------------------------------------------- direct feature visualisation
 
 @exact_fp32
 def visualize_feature(model, x_seed: torch.Tensor, index, *, eps: float, step_size: float, iters: int,
-                      batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
-    """Maximise R(x)_index from x_seed by L2 PGD.
+                      batch_size: int | None = None, fake_relu: bool = False, progress: bool = True) -> torch.Tensor:
+    """Maximise R(x)_index from x_seed by L2 PGD (fake_relu: gradient through R's final ReLU).
 
     x_seed: (N,C,H,W) in [0,1]. index: an int (one coordinate), a sequence of ints (maximise their mean),
     or an (N,) long tensor (one coordinate per example). Returns (N,C,H,W) in [0,1].
@@ -94,7 +135,7 @@ def visualize_feature(model, x_seed: torch.Tensor, index, *, eps: float, step_si
     def run(rows):
         sel = idx_t[rows]
         return pgd(model, x_seed[rows], None, eps=eps, step_size=step_size, steps=iters, random_start=False,
-                   loss_fn=lambda m, x, _: m.features(x).gather(1, sel).mean(1))
+                   loss_fn=lambda m, x, _: m.features(x, fake_relu).gather(1, sel).mean(1))
 
     return _chunked(run, len(x_seed), batch_size, progress, "feature vis")
 
@@ -110,8 +151,8 @@ def _feature_index(index, n: int, device) -> torch.Tensor:
 
 
 def pick_seeds(model, pool: torch.Tensor, coords, k: int) -> torch.Tensor:
-    """For each coordinate, the k images of `pool` on which R(x)_coord is largest: a ReLU unit that is
-    0 at its seed has zero gradient and would never move. pool: (P,C,H,W) in [0,1].
+    """For each coordinate, the k images of `pool` on which R(x)_coord is largest: without fake_relu a
+    unit that is 0 at its seed has zero gradient and would never move. pool: (P,C,H,W) in [0,1].
     Returns (len(coords)·k, C,H,W), grouped by coordinate."""
     check_images(pool, "pool")
     with torch.no_grad(), eval_mode(model):
@@ -121,7 +162,7 @@ def pick_seeds(model, pool: torch.Tensor, coords, k: int) -> torch.Tensor:
 
 
 def representations(model, dataset, *, batch_size: int = 256, device=None, progress: bool = False) -> torch.Tensor:
-    """R(x) of every image of `dataset` (items (image, label)): (len(dataset), D) float on the CPU."""
+    """R(x) of every image of `dataset`: (len(dataset), D) float on the CPU."""
     device = device or next(model.parameters()).device
     out = []
     with torch.no_grad(), eval_mode(model):
@@ -158,8 +199,7 @@ def top_activating(model, dataset, index: int, k: int, *, feats: torch.Tensor | 
     v = feats[:, index]
     top = v.topk(k).indices
     bottom = (-v).topk(k).indices
-    return TopActivating(index, top, v[top], stack_images(dataset, top), bottom, v[bottom],
-                         stack_images(dataset, bottom))
+    return TopActivating(index, top, v[top], dataset.batch(top)[0], bottom, v[bottom], dataset.batch(bottom)[0])
 
 
 # ---------------------------------------------------------------- class-conditional seeds and generation
@@ -185,7 +225,7 @@ class PixelNormal:
 
 def fit_pixel_normal(dataset, cls: int | None, *, grain: int | None = None, shrinkage: float = 0.01,
                      max_images: int | None = None, seed: int = 0) -> PixelNormal:
-    """Fit a normal to the images of class `cls` of `dataset` (pass the train split); cls=None: all images.
+    """Fit a normal to the images of class `cls` of `dataset` (train, or test as the reference code); cls=None: all.
 
     grain: fit at grain×grain resolution (block means), as in MadryLab's recipe; None: full resolution.
     shrinkage: Σ ← (1−s)·Σ + s·(tr Σ / d)·I, so a singular covariance (constant border pixels, fewer
@@ -196,7 +236,7 @@ def fit_pixel_normal(dataset, cls: int | None, *, grain: int | None = None, shri
     if max_images and len(idx) > max_images:
         gen = torch.Generator().manual_seed(seed)
         idx = idx[torch.randperm(len(idx), generator=gen)[:max_images]].sort().values
-    x = stack_images(dataset, idx)
+    x = dataset.batch(idx)[0]
     low = _downsample(x, grain) if grain else x
     flat = low.flatten(1).double()
     if flat.shape[1] > MAX_SEED_DIMS:
@@ -273,7 +313,7 @@ def class_seed_set(dataset, per_class: int, *, grain: int | None = None, seed: i
 
 def balanced_indices(dataset, per_class: int, *, seed: int = 0) -> torch.Tensor:
     """per_class random indices of each class (fewer where a class is smaller), grouped by class."""
-    y = labels(dataset)
+    y = dataset.labels
     gen = torch.Generator().manual_seed(seed)
     out = []
     for c in y.unique().tolist():
@@ -284,8 +324,9 @@ def balanced_indices(dataset, per_class: int, *, seed: int = 0) -> torch.Tensor:
 
 @exact_fp32
 def generate_class_images(model, seeds: torch.Tensor, cls, *, eps: float, step_size: float, iters: int,
-                          batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
-    """Maximise the class logit Ψ^cls(seed + δ) by L2 PGD.
+                          batch_size: int | None = None, fake_relu: bool = False,
+                          progress: bool = True) -> torch.Tensor:
+    """Maximise the class logit Ψ^cls(seed + δ) by L2 PGD (fake_relu: gradient through R's final ReLU).
 
     seeds: (N,C,H,W) in [0,1]; cls: an int or an (N,) tensor of classes. Returns (N,C,H,W) in [0,1].
     """
@@ -294,7 +335,7 @@ def generate_class_images(model, seeds: torch.Tensor, cls, *, eps: float, step_s
 
     def run(idx):
         return pgd(model, seeds[idx], y[idx], eps=eps, step_size=step_size, steps=iters, random_start=False,
-                   loss_fn=lambda m, x, t: m(x).gather(1, t[:, None]).squeeze(1))
+                   loss_fn=lambda m, x, t: m.head(m.features(x, fake_relu)).gather(1, t[:, None]).squeeze(1))
 
     return _chunked(run, len(seeds), batch_size, progress, "generation")
 
@@ -322,40 +363,15 @@ def _batched(fn, x: torch.Tensor, batch_size: int | None) -> torch.Tensor:
 
 
 def _batches(dataset, batch_size: int):
-    """(x, y) batches of an in-memory dataset (fast path) or any map-style dataset."""
+    """(x, y) batches of a `lib.data` dataset, in order."""
     n = len(dataset)
     for s in range(0, n, batch_size):
-        idx = torch.arange(s, min(n, s + batch_size))
-        if hasattr(dataset, "batch"):
-            yield dataset.batch(idx)
-        else:
-            items = [dataset[int(i)] for i in idx]
-            yield torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
-
-
-def stack_images(dataset, index: torch.Tensor) -> torch.Tensor:
-    """Images dataset[index] stacked: (len(index),C,H,W) in [0,1]."""
-    if hasattr(dataset, "batch"):
-        return dataset.batch(index)[0]
-    return torch.stack([dataset[int(i)][0] for i in index])
-
-
-def labels(dataset) -> torch.Tensor:
-    """(N,) long labels of a dataset of (image, label)."""
-    if hasattr(dataset, "labels"):
-        return dataset.labels
-    if isinstance(dataset, torch.utils.data.Subset) and hasattr(dataset.dataset, "targets"):
-        return torch.as_tensor(dataset.dataset.targets)[torch.as_tensor(dataset.indices)]
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+        yield dataset.batch(torch.arange(s, min(n, s + batch_size)))
 
 
 def class_indices(dataset, cls: int) -> torch.Tensor:
     """Indices of the images of class `cls` in `dataset`; a clear error if there are none."""
-    idx = (labels(dataset) == cls).nonzero().flatten()
+    idx = (dataset.labels == cls).nonzero().flatten()
     if len(idx) == 0:
         raise ValueError(f"the dataset has no images of class {cls}")
     return idx
-
-
-def _class_images(dataset, cls: int) -> torch.Tensor:
-    return stack_images(dataset, class_indices(dataset, cls))

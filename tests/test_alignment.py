@@ -4,27 +4,12 @@ import math
 
 import pytest
 import torch
+from test_boundary import ETMANN, Affine, affine, exact_affine_distance, interior_images
 from torch import nn
 
 from lib import alignment as al
 from lib import boundary
 from lib.models import build
-
-
-class Affine(nn.Module):
-    """Ψ(x) = W·vec(x) + b."""
-
-    def __init__(self, w: torch.Tensor, b: torch.Tensor):
-        super().__init__()
-        self.w, self.b = nn.Parameter(w.float()), nn.Parameter(b.float())
-
-    def forward(self, x):
-        return x.flatten(1) @ self.w.T + self.b
-
-
-def interior_images(n, seed=0, spread=0.05):
-    g = torch.Generator().manual_seed(seed)
-    return (0.5 + spread * torch.randn(n, 1, 8, 8, generator=g)).clamp(0.05, 0.95)
 
 
 def binary_linear(seed=0, bias=0.0):
@@ -34,18 +19,6 @@ def binary_linear(seed=0, bias=0.0):
     z -= z.mean()
     w = torch.stack([z / 2, -z / 2])
     return Affine(w, torch.tensor([bias / 2, -bias / 2])), z
-
-
-def exact_affine_distance(model, x):
-    """Distance to the nearest decision boundary of an affine model, in float64 from W and b alone."""
-    w, b = model.w.detach().double(), model.b.detach().double()
-    logits = x.flatten(1).double() @ w.T + b
-    i = logits.argmax(1)
-    gaps = logits.gather(1, i[:, None]) - logits
-    norms = (w[i][:, None, :] - w[None]).norm(dim=2)
-    ratio = gaps / norms
-    ratio[torch.arange(len(x)), i] = math.inf
-    return ratio.min(1).values.float()
 
 
 def slow_linearized(model, x):
@@ -73,10 +46,6 @@ def test_binary_linear_alignment_equals_robustness():
     rho = (x.flatten(1) @ z).abs() / z.norm()
     assert torch.allclose(al.alignment(model, x), rho, rtol=1e-5, atol=1e-6)
     assert torch.allclose(boundary.linearized_robustness(model, x), rho, rtol=1e-5, atol=1e-6)
-    radius, success = boundary.robustness_radius(model, x)
-    assert success.all()
-    assert torch.allclose(radius, rho, rtol=0.01)
-    assert (radius >= rho * (1 - 1e-4)).all()  # a verified adversarial point is never closer than ρ
 
 
 def test_affine_alignment_differs_from_robustness():
@@ -87,33 +56,6 @@ def test_affine_alignment_differs_from_robustness():
     assert torch.allclose(alpha, (x.flatten(1) @ z).abs() / z.norm(), rtol=1e-5, atol=1e-6)
     assert torch.allclose(boundary.linearized_robustness(model, x), rho, rtol=1e-5, atol=1e-6)
     assert ((alpha - rho).abs() > 1e-3).all()
-
-
-def test_multiclass_affine_linearized_is_exact_and_attack_within_2_percent():
-    g = torch.Generator().manual_seed(1)
-    model = Affine(torch.randn(10, 64, generator=g), torch.randn(10, generator=g))
-    x = interior_images(32, seed=2)
-    exact = exact_affine_distance(model, x)
-    assert (exact > 1e-3).all() and (exact < 0.5).all()  # boundaries well inside the [0,1] box
-    assert torch.allclose(boundary.linearized_robustness(model, x), exact, rtol=1e-4)
-    radius, success = boundary.robustness_radius(model, x)
-    assert success.all()
-    assert ((radius - exact) / exact).abs().max() < 0.02
-    res = boundary.min_norm_attack(model, x, linear_target=False)  # untargeted alone: an upper bound, not always tight
-    assert (res.radius >= exact * (1 - 1e-4)).all()
-    res = boundary.min_norm_attack(model, x)
-    assert ((res.radius - exact) / exact).abs().max() < 0.02
-    assert (res.radius >= exact * (1 - 1e-4)).all()
-    assert (model(res.points).argmax(1) != model(x).argmax(1)).all()
-    assert torch.allclose((res.points - x).flatten(1).norm(dim=1), res.radius, rtol=1e-5)
-
-
-def test_radius_zero_for_misclassified_label():
-    model, _ = binary_linear()
-    x = interior_images(4)
-    wrong = 1 - model(x).argmax(1)
-    radius, success = boundary.robustness_radius(model, x, wrong)
-    assert success.all() and (radius == 0).all()
 
 
 def test_bias_free_relu_net_is_homogeneous():
@@ -174,18 +116,44 @@ def test_alignment_cosine_is_normalised_alignment():
     assert torch.allclose(x.flatten(1).norm(dim=1) * cos.abs(), al.alignment(model, x), rtol=1e-5)
 
 
-def test_boundary_normal_cosine_affine_closed_form():
-    g = torch.Generator().manual_seed(1)
-    model = Affine(torch.randn(10, 64, generator=g), torch.randn(10, generator=g))
+@pytest.mark.parametrize("shared", [0.0, 5.0])
+def test_wang_cosines_are_one_on_affine_models_with_or_without_a_shared_component(shared):
+    model = affine(shared=shared)
     x = interior_images(16, seed=2)
-    res = boundary.min_norm_attack(model, x)
-    cos = al.boundary_normal_cosine(model, x, res.points)
+    found = boundary.boundary_search(model, x, **ETMANN)
+    cos = al.boundary_normal_cosine(model, x, found.points)
+    assert torch.allclose(cos.saliency, torch.ones(16), atol=1e-4)  # same function, flat: same gradient
+    assert torch.allclose(cos.margin, torch.ones(16), atol=1e-4)
     w = model.w.detach()
-    i, j = model(x).argmax(1), model(res.points).argmax(1)
-    expect = nn.functional.cosine_similarity(w[i], w[i] - w[j], dim=1)
-    assert torch.allclose(cos.normal, expect, atol=1e-5)
-    assert torch.allclose(cos.direction, expect, atol=1e-2)  # x − x_b is the normal of the nearest facet
-    assert torch.allclose(cos.margin, torch.ones(16), atol=1e-5)  # an affine model's normal is the same everywhere
+    i, j = model(x).argmax(1), model(found.points).argmax(1)
+    assert torch.equal(cos.across, j)
+    assert torch.allclose(cos.distance, exact_affine_distance(model, x), rtol=0.02)
+    facet = nn.functional.cosine_similarity(w[i], w[i] - w[j], dim=1)  # x − x_b is the facet's normal
+    assert torch.allclose(cos.direction, facet, atol=1e-2)
+    if shared:  # the mixed cosine cos(∇Ψ^i(x), ∇(Ψ^i−Ψ^j)(x_b)) = `facet` moves with a shared part: never reported
+        plain = affine(shared=0.0).w.detach()
+        assert (facet - nn.functional.cosine_similarity(plain[i], plain[i] - plain[j], dim=1)).abs().max() > 0.05
+
+
+def test_boundary_normal_cosine_failed_rows_are_nan():
+    model = affine()
+    x = interior_images(4)
+    found = boundary.boundary_search(model, x, **ETMANN)
+    x_b = found.points.clone()
+    x_b[1:3] = float("nan")
+    cos = al.boundary_normal_cosine(model, x, x_b)
+    assert cos.saliency[1:3].isnan().all() and cos.margin[1:3].isnan().all() and (cos.across[1:3] == -1).all()
+    assert torch.isfinite(cos.saliency[[0, 3]]).all()
+
+
+def test_cosine_by_distance_bins_and_matched_mean():
+    d = {"a": torch.tensor([0.1, 0.2, 0.3, 0.4]), "b": torch.tensor([0.35, 0.45, 0.5, math.nan])}
+    c = {"a": torch.tensor([0.0, 0.2, 0.4, 0.6]), "b": torch.tensor([1.0, 0.8, 0.6, 0.1])}
+    out = al.cosine_by_distance(d, c, bins=2, min_count=1)
+    assert out["count"]["a"] == [3, 1] and out["count"]["b"] == [1, 2]  # median of the 7 distances: 0.35
+    assert out["mean"]["a"] == pytest.approx([0.2, 0.6]) and out["mean"]["b"] == pytest.approx([1.0, 0.7])
+    assert out["matched"]["a"] == pytest.approx(0.4) and out["matched"]["b"] == pytest.approx(0.85)
+    assert al.cosine_by_distance(d, c, bins=2, min_count=3)["matched"] == {"a": None, "b": None}
 
 
 def test_modes_rng_and_bad_input_untouched():
@@ -193,10 +161,10 @@ def test_modes_rng_and_bad_input_untouched():
     model = build("small_cnn", 10, 1, 8, width=4).train()
     x = torch.rand(4, 1, 8, 8)
     state = torch.get_rng_state()
-    out = al.measure(model, x, progress=False, steps=5, bisect_steps=2)
+    out = al.measure(model, x, progress=False, **{**ETMANN, "steps": 5, "bisect_steps": 2})
     assert model.training and all(m.training for m in model.modules())
     assert torch.equal(state, torch.get_rng_state())
-    assert set(out) >= {"alpha", "rho_lin", "rho_emp", "homogeneity", "bound_holds", "cos_normal", "cos_margin"}
+    assert set(out) >= {"alpha", "rho_lin", "rho_emp", "homogeneity", "bound_holds", "cos_saliency", "cos_margin"}
     summary = al.summarize(out)
     assert summary["bound_holds_frac"] == 1.0 and summary["rho_emp_success"] == 1.0
     assert all(v.shape == (4,) for v in out.values())
@@ -208,16 +176,35 @@ def test_modes_rng_and_bad_input_untouched():
 
 @pytest.mark.slow
 def test_notebook_03_smoke_metrics(smoke_run):
+    from lib import claims, profiles
     from lib.results import load_metrics
 
-    m = load_metrics(smoke_run, "03_alignment")
-    for kind in ("pgd", "gradnorm"):
-        assert -1 <= m["spearman"][kind] <= 1
-    for key in ("standard", "robust"):
-        assert -1 <= m["boundary_cosine"][key] <= 1
+    m = load_metrics(smoke_run, "03_alignment_theory")
+    assert set(m["per_model"]) == set(claims.sweep_models(profiles.load("smoke")))  # every sweep model measured
     for key, row in m["per_model"].items():
-        assert {"alpha", "rho_lin", "rho_emp", "homogeneity", "bound_holds_frac"} <= set(row), key
-        assert row["bound_holds_frac"] == 1.0  # a theorem: it must hold on every sample
+        assert {"alpha", "rho_lin", "rho_emp", "homogeneity", "cos_saliency", "cos_margin"} <= set(row), key
+        assert row["bound_holds_frac"] == 1.0  # implementation check: a theorem holds on every sample
         assert row["rho_emp_success"] == 1.0
-        assert 0 <= row["homogeneity"] <= 1
+        assert 0 <= row["homogeneity"] <= 1 and -1 <= row["cos_saliency"] <= 1 and -1 <= row["cos_margin"] <= 1
         assert 0.5 < row["rho_lin_over_emp_median"] < 2
+    for name in ("saliency", "margin"):
+        by = m["wang_by_distance"][name]
+        assert set(by["matched"]) == set(m["wang_models"]) and len(by["edges"]) == 3
+
+
+def test_attributions_boundary_alignment_is_the_same_measure():
+    from lib import attributions
+
+    model = affine(shared=5.0)
+    x = interior_images(8, seed=3)
+    pred = model(x).argmax(1)
+    found = boundary.boundary_search(model, x, pred, eps_list=[0.05, 0.1, 0.2, 0.4], steps=10)
+    cos = al.boundary_normal_cosine(model, x, found.points)
+    target = pred.clone()
+    target[0] = (pred[0] + 1) % 10  # not F(x): no Wang measure for that row
+    out = attributions.boundary_alignment(model, x, target, found)
+    assert torch.allclose(out["cos_saliency"][1:], cos.saliency[1:], equal_nan=True)
+    assert torch.allclose(out["cos_margin"][1:], cos.margin[1:], equal_nan=True)
+    assert out["cos_saliency"][0].isnan() and out["cos_grad_boundary_grad"] is out["cos_saliency"]
+    assert torch.allclose(out["cos_saliency"][1:][found.success[1:]], torch.ones(int(found.success[1:].sum())),
+                          atol=1e-4)

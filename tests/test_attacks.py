@@ -85,3 +85,50 @@ def test_bad_arguments_raise_clear_errors(digits_models, digits_batch):
         attacks.pgd(model, bad, y, eps=0.1, step_size=0.1, steps=1)
     with pytest.raises(ValueError, match=r"\[0,1\]"):
         attacks.pgd(model, x * 255, y, eps=0.1, step_size=0.1, steps=1)
+
+
+@pytest.mark.parametrize("norm,eps", [("l2", 1.0), ("linf", 0.1)])
+def test_apgd_stays_in_ball_and_is_not_weaker_than_pgd(digits_models, digits_batch, norm, eps):
+    model, (x, y) = digits_models["robust"], digits_batch
+    pgd = attacks.pgd(model, x, y, eps=eps, step_size=eps / 4, steps=20, norm=norm,
+                      generator=torch.Generator().manual_seed(0))
+    state = torch.random.get_rng_state()
+    xa = attacks.apgd(model, x, y, eps=eps, norm=norm, steps=10, targets=2)
+    assert torch.equal(torch.random.get_rng_state(), state)  # torchattacks reseeds; we restore
+    d = xa - x
+    size = _l2(d) if norm == "l2" else d.flatten(1).abs().amax(1)
+    assert (size <= eps * (1 + 1e-5)).all() and xa.min() >= 0 and xa.max() <= 1
+    with torch.no_grad():
+        clean, acc_pgd, acc_apgd = ((model(t).argmax(1) == y).float().mean().item() for t in (x, pgd, xa))
+    assert acc_apgd <= acc_pgd < clean  # the stronger attack, on a model PGD already hurts
+    with torch.no_grad():
+        survived = model(xa).argmax(1) == y
+    assert survived.any() and (size[survived] == 0).all()  # an image neither attack fooled comes back as is
+
+
+def test_apgd_targets_add_strength_and_bad_arguments_raise(digits_models, digits_batch):
+    model, (x, y) = digits_models["standard"], digits_batch
+    ce_only = attacks.apgd(model, x, y, eps=0.5, steps=10, targets=0)
+    both = attacks.apgd(model, x, y, eps=0.5, steps=10, targets=3)
+    with torch.no_grad():
+        fooled_ce, fooled_both = ((model(t).argmax(1) != y) for t in (ce_only, both))
+    assert (fooled_both | ~fooled_ce).all()  # APGD-T only runs on what APGD-CE left, so it never undoes it
+    assert fooled_both.sum() >= fooled_ce.sum()
+    with pytest.raises(ValueError, match="unknown norm"):
+        attacks.apgd(model, x, y, eps=0.5, norm="l1")
+    with pytest.raises(ValueError, match=r"\[0,1\]"):
+        attacks.apgd(model, x * 255, y, eps=0.5)
+
+
+def test_torchattacks_is_installed_without_its_requests_pin():
+    import importlib.metadata
+
+    import tomllib
+
+    from conftest import ROOT
+
+    pinned = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["robinterp"]["no-deps"]
+    assert f"torchattacks=={importlib.metadata.version('torchattacks')}" in pinned
+    assert "--no-deps" in (ROOT / "Makefile").read_text()
+    requests = importlib.metadata.version("requests")
+    assert int(requests.split(".")[1]) >= 31  # jupyterlab-server's floor: the pin was not applied

@@ -1,11 +1,11 @@
 """lib.fid: Fréchet distance against pytorch-fid, the local-only Inception path, the domain extractor."""
 
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
-import torchvision
 from pytorch_fid import inception as pfi
 from pytorch_fid.fid_score import calculate_frechet_distance
 
@@ -67,10 +67,13 @@ def test_fid_of_a_set_with_itself_is_zero_and_shift_increases_it():
 
 def _standin_state(seed=0) -> dict:
     """pytorch-fid's FID Inception architecture with random weights (no download, global RNG kept)."""
-    with torch.random.fork_rng(), mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: None), \
-            mock.patch.object(torchvision.models.Inception3, "load_state_dict", lambda self, *a, **k: None):
+    with torch.random.fork_rng():
         torch.manual_seed(seed)
-        net = pfi.fid_inception_v3()
+        net = fid.fid_inception_architecture()
+        for m in net.modules():  # non-trivial BatchNorm statistics, so a wrong mapping would show
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
     return net.state_dict()
 
 
@@ -99,10 +102,72 @@ def test_inception_with_standin_weights(standin):
     np.testing.assert_allclose(d, 0, atol=1e-6)
 
 
+def test_inception_equals_pytorch_fids_own_network(standin):
+    """Our construction (no download, no patching) computes exactly what pytorch-fid's InceptionV3 computes
+    when its constructor is handed the same weights."""
+    path, digest = standin
+    ours = fid.inception(dims=(64, 192, 2048), weights=path, sha256=digest)
+    state = torch.load(path, weights_only=True)
+    with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: state):
+        ref = pfi.InceptionV3([0, 1, 3]).eval()
+    x = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for a, b in zip(ours(x), ref(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not any(p.requires_grad for p in ours.parameters())
+    assert "mock" not in (Path(fid.__file__).read_text())
+
+
+def test_boychev_group_distance_closed_form():
+    """One L2 norm over the stacked 3×D difference (his torch.norm(d2 - d1)); √3 × the per-pair distance when
+    the three pairs are alike, and always between √3 and 3 times the mean per-pair distance."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 5, bias=False)
+    net = models.Classifier(torch.nn.Identity(), torch.nn.Sequential(torch.nn.Flatten(), lin),
+                            torch.nn.Linear(5, 2)).eval()
+    q = lambda t: torch.round(t * 255) / 255  # 8-bit images: the extractor's quantisation is exact
+    a = q(torch.rand(6, 1, 8, 8) * 0.8)
+    b = q((a + 0.1 * torch.rand(6, 1, 8, 8)).clamp(0, 1))
+    got = fid.group_distance(a, b, net, 3)
+    with torch.no_grad():
+        d1, d2 = lin(a.flatten(1)).view(2, 3, 5), lin(b.flatten(1)).view(2, 3, 5)
+    expect = torch.stack([torch.norm(d2[t] - d1[t], p=2) for t in range(2)]).double().numpy()
+    np.testing.assert_allclose(got, expect, rtol=1e-5)
+    pair = fid.feature_distance(a, b, net).reshape(2, 3)
+    assert (np.sqrt(3) * pair.mean(1) <= got * (1 + 1e-9)).all() and (got <= 3 * pair.mean(1) * (1 + 1e-9)).all()
+    same = torch.cat([a[:1]] * 3), torch.cat([b[:1]] * 3)  # three identical pairs: exactly √3 × d
+    np.testing.assert_allclose(fid.group_distance(*same, net, 3), np.sqrt(3) * fid.feature_distance(*same, net)[:1],
+                               rtol=1e-10)
+    with pytest.raises(ValueError, match="groups"):
+        fid.group_distance(a[:5], b[:5], net, 3)
+
+
+def test_per_class_fd_only_where_n_reaches_the_dimension():
+    rng = np.random.default_rng(0)
+    acts, ref = rng.standard_normal((60, 4)), rng.standard_normal((80, 4)) + 0.5
+    y, ref_y = np.repeat([0, 1], 30), np.repeat([0, 1], 40)
+    values, reason = fid.per_class_fd(acts, y, ref, ref_y, [0, 1])
+    assert reason is None
+    np.testing.assert_allclose(values, [fid.frechet_of(acts[y == c], ref[ref_y == c]) for c in (0, 1)])
+    wide = rng.standard_normal((60, 40))  # 30 images per class < 40 dimensions
+    values, reason = fid.per_class_fd(wide, y, rng.standard_normal((80, 40)), ref_y, [0, 1])
+    assert np.isnan(values).all() and "not computed" in reason and "40" in reason
+
+
+def test_extractor_accuracy():
+    net = _domain_net()
+    x = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    y = pred.clone()
+    y[:5] = (y[:5] + 1) % 10
+    assert fid.accuracy(net, x, y, batch_size=7) == pytest.approx(75.0)
+
+
 def test_inception_2048_is_labelled_fid(standin):
     path, digest = standin
     net = fid.inception(weights=path, sha256=digest)
-    assert fid.distance_label(net) == "FID"
+    assert fid.distance_label(net) == "FID" and fid.accuracy(net, torch.rand(2, 3, 8, 8), [0, 1]) is None
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     assert fid.activations(x, net, progress=False).shape == (2, 2048)
 
@@ -147,6 +212,15 @@ def test_domain_extractor_is_independent_cached_and_labelled(tmp_path):
         fid.domain_extractor(prof, {"arch_kwargs": {"width": 4}}, tmp_path)
     with pytest.raises(ValueError, match="unknown"):
         fid.domain_extractor(prof, {"widht": 4}, tmp_path)
+    section = {"feature_spaces": {"std": {"features": "domain", **spec},
+                                  "rob": {"features": "domain", **spec, "seed": 8, "mode": "pgd", "eps": 0.5,
+                                          "step_size": 0.25, "steps": 1, "epochs": 1}}}
+    spaces = fid.feature_spaces(section, prof, tmp_path, progress=False)
+    assert torch.equal(spaces["std"].head.weight, net.head.weight)  # the cached extractor, reused
+    info = fid.describe(spaces["rob"])
+    assert info["mode"] == "pgd" and info["seed"] == 8 and info["label"] == "FD-small_cnn-w4"
+    with pytest.raises(ValueError, match="no entry 'inception'"):
+        fid.feature_space(section, "inception", prof, tmp_path)
 
 
 @pytest.mark.slow
@@ -155,6 +229,40 @@ def test_smoke_notebook_metrics(smoke_run):
 
     m = json.loads((smoke_run / "metrics" / "06_fid.json").read_text())["metrics"]
     assert m["fd_name"].startswith("FD-")  # 8×8 digits: never labelled FID
-    for key in ("real", "standard", "robust"):
-        assert m["fd"][key] > 0 and m["fd_std"][key] >= 0 and len(m["per_class"][key]) == 10
-    assert m["fd"]["real"] < min(m["fd"]["standard"], m["fd"]["robust"])  # real images are the floor
+    assert set(m["fd_spaces"]) == {"standard_cnn", "robust_cnn"}
+    assert m["sets"] == ["real", "seeds", "standard", "robust"]
+    for space in m["fd_spaces"].values():
+        assert space["mode"] in ("standard", "pgd") and space["label"].startswith("FD-")
+        for key in m["sets"]:
+            assert space["fd"][key] > 0 and space["fd_std"][key] >= 0 and 0 <= space["accuracy"][key] <= 100
+        assert space["fd"]["real"] < min(space["fd"][k] for k in m["sets"][1:])  # real images are the floor
+        assert space["per_class"] is None and "n ≥ d" in space["per_class_reason"]  # 10 per class < d
+
+
+def test_fd_study_measures_every_set_in_every_space():
+    from lib import data, generation
+
+    train, test = data.load("digits", "train"), data.load("digits", "test")
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        nets = {k: models.build("small_cnn", 10, 1, 8, width=4).eval() for k in ("standard", "robust")}
+        spaces = {"a": _domain_net(), "b": models.build("small_cnn", 10, 1, 8, width=2).eval()}
+    g = {"grain": 4, "shrinkage": 0.01, "seeds_from": "test", "eps": 1.0, "step_size": 0.2, "iters": 2}
+    fsec = {"seeds": [0], "per_class": 3}
+    study = generation.fd_study(nets, spaces, train, test, fsec, g, batch_size=200)
+    assert study.sets == ["real", "seeds", "standard", "robust"] and study.n_per_set == 30
+    seeds, y = generation.class_seeds(train, test, g, 3, seed=0)  # the same draws, fitted on test
+    for name, ext in spaces.items():
+        ref = fid.activations(test, ext, progress=False)
+        expect = fid.frechet_of(fid.activations(seeds, ext, progress=False), ref)
+        assert study.per_seed[name]["seeds"][0] == pytest.approx(expect, rel=1e-9)
+        assert study.accuracy[name]["seeds"][0] == pytest.approx(fid.accuracy(ext, seeds, y))
+        assert "not computed" in study.per_class_reason[name]  # 3 per class < d
+    train_seeds, _ = generation.class_seeds(train, test, {**g, "seeds_from": "train"}, 3, seed=0)
+    assert not torch.equal(train_seeds, seeds)
+    with pytest.raises(ValueError, match="seeds_from"):
+        generation.class_seeds(train, test, {**g, "seeds_from": "val"}, 3)
+    m = generation.summary_metrics(study, test.classes)
+    assert m["fd_primary"] == "a" and m["fd"] == m["fd_spaces"]["a"]["fd"] and m["models"] == ["standard", "robust"]
+    table = generation.fd_table(study, {"real": 5.0})
+    assert list(table.index) == study.sets and "b: accuracy (%)" in table and table.loc["real", "paper (FID)"] == 5.0

@@ -4,7 +4,7 @@ import torch
 from lib import models
 
 CASES = [("small_cnn", 1, 8), ("small_cnn", 1, 28), ("small_cnn", 3, 32), ("resnet18_cifar", 3, 32),
-         ("resnet18", 3, 64), ("resnet50", 3, 64)]
+         ("resnet18", 3, 64), ("resnet50", 3, 64), ("resnet50_cifar", 3, 32), ("preact_resnet18", 3, 32)]
 
 
 @pytest.mark.parametrize("name,cin,size", CASES)
@@ -47,3 +47,23 @@ def test_bias_free_net_is_positively_homogeneous():
 def test_unknown_model_lists_known():
     with pytest.raises(ValueError, match="known models: small_cnn"):
         models.build("vgg", 10, 3, 32)
+
+
+def test_external_architectures_have_the_published_sizes():
+    """Parameter counts of the published networks these rebuild (MadryLab's CIFAR ResNet50, RobustBench's
+    PreActResNet-18 and WRN-28-10, torchvision's ResNet50): a wrong width or block shows up here."""
+    count = lambda name, classes=10: sum(p.numel() for p in models.build(name, classes, 3, 32).parameters())
+    assert count("resnet50_cifar") == 23_520_842
+    assert count("preact_resnet18") == 11_172_170
+    assert count("wrn28_10") == 36_479_194
+    assert count("resnet50", 1000) == 25_557_032  # torchvision.models.resnet50()
+
+
+def test_wide_resnet_relus_are_separate_and_used_once():
+    body, dim = models._wide_resnet(10, 2, 3)  # WRN-10-2: the WRN-28-10 code path at a test's size
+    relus = [m for m in body.modules() if isinstance(m, torch.nn.ReLU)]
+    calls = []
+    for r in relus:
+        r.register_forward_hook(lambda mod, i, o: calls.append(id(mod)))
+    assert body(torch.rand(2, 3, 32, 32)).shape == (2, dim) and sorted(calls) == sorted(map(id, relus))
+    assert not any(r.inplace for r in relus)
