@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from lib.attacks import pgd
 from lib.data import check_images
+from lib.device import exact_fp32
 from lib.models import eval_mode
+from lib.progress import tqdm
 
 SOURCES = ("image", "noise", "triple")
 MAX_SEED_DIMS = 16384  # a full covariance beyond this is too large: fit at a coarse grain instead
@@ -47,6 +48,7 @@ def relative_distance(model, x: torch.Tensor, r_targ: torch.Tensor, fake_relu: b
     return diff / r_targ.flatten(1).norm(dim=1).clamp_min(1e-12)
 
 
+@exact_fp32
 def invert_representation(model, x_src: torch.Tensor, x_targ: torch.Tensor, *, eps: float, step_size: float,
                           iters: int, batch_size: int | None = None, fake_relu: bool = False,
                           progress: bool = True) -> torch.Tensor:
@@ -119,6 +121,7 @@ def noise_seeds(n: int, shape, *, seed: int = 0, kind: str = "normal") -> torch.
 
 # ---------------------------------------------------------------- direct feature visualisation
 
+@exact_fp32
 def visualize_feature(model, x_seed: torch.Tensor, index, *, eps: float, step_size: float, iters: int,
                       batch_size: int | None = None, fake_relu: bool = False, progress: bool = True) -> torch.Tensor:
     """Maximise R(x)_index from x_seed by L2 PGD (fake_relu: gradient through R's final ReLU).
@@ -319,6 +322,7 @@ def balanced_indices(dataset, per_class: int, *, seed: int = 0) -> torch.Tensor:
     return torch.cat(out)
 
 
+@exact_fp32
 def generate_class_images(model, seeds: torch.Tensor, cls, *, eps: float, step_size: float, iters: int,
                           batch_size: int | None = None, fake_relu: bool = False,
                           progress: bool = True) -> torch.Tensor:
