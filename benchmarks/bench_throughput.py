@@ -120,9 +120,9 @@ def main(argv=None) -> dict:
         "expected gradients, 50 samples": (lambda: attributions.expected_gradients(model.eval(), x, y, background=bg,
                                                                                   samples=50), n),
         "inversion, 20 iterations": (lambda: visualize.invert_representation(
-            model, x, x.flip(0), eps=1000.0, step_size=1.0, iters=20, progress=False), n),
+            model, x, x.flip(0), eps=1000.0, step_size=1.0, steps=20, progress=False), n),
         "class generation, 20 iterations": (lambda: visualize.generate_class_images(
-            model, x, y, eps=30.0, step_size=0.5, iters=20, progress=False), n),
+            model, x, y, eps=30.0, step_size=0.5, steps=20, progress=False), n),
     }
     peak_dtype = amp or torch.float32
     peak = matmul_peak(device, peak_dtype)

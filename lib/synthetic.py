@@ -78,9 +78,9 @@ def tiny_profile(dataset: str, options: dict) -> dict:
     a["boundary"].update(steps=5)
     prof["alignment"].update(n_images=16, batch_size=16, attack={"steps": 3, "bisect_steps": 3, "rtol": 0.05})
     v = prof["visualize"]
-    v["inversion"].update(n=4, n_show=4, iters=20)
-    v["feature_vis"].update(iters=10)
-    v["generation"].update(iters=5)
+    v["inversion"].update(n=4, n_show=4, steps=20)
+    v["feature_vis"].update(steps=10)
+    v["generation"].update(steps=5)
     prof["fid"].update(per_class=4, seeds=[0])
     prof["fid"]["extractor"]["epochs"] = 2
     return prof

@@ -66,11 +66,11 @@ def test_every_measurement_path_runs_without_tf32(tf32_on):
         "attributions.explain": lambda m: attributions.explain(m, x, y, cfg, background=x),
         "alignment.measure": lambda m: alignment.measure(m, x, progress=False, steps=2, bisect_steps=1),
         "visualize.invert_representation": lambda m: visualize.invert_representation(
-            m, x, x.flip(0), eps=1.0, step_size=0.1, iters=2, progress=False),
+            m, x, x.flip(0), eps=1.0, step_size=0.1, steps=2, progress=False),
         "visualize.visualize_feature": lambda m: visualize.visualize_feature(
-            m, x, torch.tensor([0, 1, 2]), eps=1.0, step_size=0.1, iters=2, progress=False),
+            m, x, torch.tensor([0, 1, 2]), eps=1.0, step_size=0.1, steps=2, progress=False),
         "visualize.generate_class_images": lambda m: visualize.generate_class_images(
-            m, x, y, eps=1.0, step_size=0.1, iters=2, progress=False),
+            m, x, y, eps=1.0, step_size=0.1, steps=2, progress=False),
         "fid.activations": lambda m: fid.activations(x, m, progress=False),
     }
     for name, call in paths.items():
