@@ -2,15 +2,16 @@
 
     .venv/bin/python benchmarks/bench_attributions.py [--repeats 5] [--threads 2] [--quick]
 
-1. IG: `lib.attributions.integrated_gradients` (correct trapezoid) vs captum
-   `IntegratedGradients(method="riemann_trapezoid")` at equal steps (50) and equal batch, over
-   captum's `internal_batch_size` choices; small_cnn (width 16) on 32 Fashion-MNIST-sized
-   images. Time: the minimum wall and process-CPU time over interleaved repeats (a busy shared
-   machine disturbs minima and CPU time least). Agreement:
+1. IG: `lib.attributions.integrated_gradients` (correct trapezoid) at default arguments (automatic,
+   memory-bounded batch) and at each batch vs captum `IntegratedGradients(method="riemann_trapezoid")`
+   at equal steps (50) over its `internal_batch_size` choices; small_cnn (width 16) on 32
+   Fashion-MNIST-sized images. Time: the minimum wall and process-CPU time over interleaved repeats
+   (a busy shared machine disturbs minima and CPU time least). Agreement:
    max |ours − captum·n/(n−1)| / max |ours|, and the completeness error of both.
-2. EG vs shap: `expected_gradients` vs `shap.GradientExplainer(...).shap_values(ranked_outputs=1)`
-   at equal samples (explaining the predicted class), on the default-sized small_cnn (28×28,
-   width 16) and the smoke-sized one (8×8, width 8); time ratio and correlation of the maps.
+2. EG vs shap: `expected_gradients` at default arguments vs `shap.GradientExplainer(batch_size=50 /
+   200 / 800).shap_values(ranked_outputs=1)` (its best) at equal samples (explaining the predicted
+   class), on the default-sized small_cnn (28×28, width 16) and the smoke-sized one (8×8, width 8);
+   time ratio and correlation of the maps.
 3. Steps each rule needs to come within 1% (relative L2) of a 1000-step trapezoid reference,
    on small_cnn, a random resnet18_cifar (16×16 inputs) and a positively homogeneous one
    (bias-free, no normalisation layer), the speed-up at equal accuracy, and the completeness error at 50 steps.
@@ -73,30 +74,35 @@ def interleaved(fns: dict, repeats: int, cpu: dict | None = None) -> dict:
 
 
 def bench_ig(model, x, t, steps: int, repeats: int) -> dict:
+    """Ours at default arguments (automatic batch) and at each batch vs captum at each internal_batch_size,
+    all interleaved in the same rounds."""
     from captum.attr import IntegratedGradients
 
     ig, n = IntegratedGradients(model), len(x)
-    rows = []
-    for per in (5, 25, steps):
-        bs = n * per
-        c = lambda bs=bs: ig.attribute(x, target=t, n_steps=steps, method="riemann_trapezoid",
-                                       internal_batch_size=bs)
-        o = lambda bs=bs: A.integrated_gradients(model, x, t, steps=steps, batch_size=bs)
-        cpu = {}
-        times = interleaved({"captum": c, "ours": o}, repeats, cpu)
-        rows.append({"batch": bs, **times, "cpu_captum": cpu["captum"], "cpu_ours": cpu["ours"]})
+    batches = (n * 5, n * 25, n * steps)
+    fns = {"ours_default": lambda: A.integrated_gradients(model, x, t, steps=steps)}
+    for bs in batches:
+        fns[f"captum_{bs}"] = lambda bs=bs: ig.attribute(x, target=t, n_steps=steps, method="riemann_trapezoid",
+                                                         internal_batch_size=bs)
+        fns[f"ours_{bs}"] = lambda bs=bs: A.integrated_gradients(model, x, t, steps=steps, batch_size=bs)
+    cpu = {}
+    times = interleaved(fns, repeats, cpu)
+    best_c = min(batches, key=lambda b: times[f"captum_{b}"])
+    best_o = min(batches, key=lambda b: times[f"ours_{b}"])
     ours, theirs = A.integrated_gradients(model, x, t, steps=steps), ig.attribute(
         x, target=t, n_steps=steps, method="riemann_trapezoid")
-    rel = lambda phi: M.relative_error(A.completeness_error(model, x, t, phi), model, x, t, torch.zeros_like(x))
-    best_c = min(rows, key=lambda r: r["captum"])
-    best_o = min(rows, key=lambda r: r["ours"])
+    rel = lambda phi: M.relative_error(A.completeness_error(model, x, t, phi), model, x, t, None)
     return {
-        "steps": steps, "images": n, "rows": rows,
-        "captum_best_batch": best_c["batch"], "captum_best_s": best_c["captum"],
-        "ours_same_batch_s": best_c["ours"], "ratio_same_batch": best_c["ours"] / best_c["captum"],
-        "ours_best_s": best_o["ours"], "ratio_best_vs_best": best_o["ours"] / best_c["captum"],
-        "cpu_ratio_same_batch": best_c["cpu_ours"] / best_c["cpu_captum"],
-        "cpu_ratio_best_vs_best": min(r["cpu_ours"] for r in rows) / min(r["cpu_captum"] for r in rows),
+        "steps": steps, "images": n, "times": times, "cpu_times": cpu,
+        "ours_default_batch": A.auto_batch_size(model, x),
+        "captum_best_batch": best_c, "captum_best_s": times[f"captum_{best_c}"],
+        "ours_default_s": times["ours_default"],
+        "ratio_default_vs_captum_best": times["ours_default"] / times[f"captum_{best_c}"],
+        "cpu_ratio_default_vs_captum_best": cpu["ours_default"] / cpu[f"captum_{best_c}"],
+        "ours_same_batch_s": times[f"ours_{best_c}"],
+        "ratio_same_batch": times[f"ours_{best_c}"] / times[f"captum_{best_c}"],
+        "ours_best_batch": best_o, "ours_best_s": times[f"ours_{best_o}"],
+        "ratio_best_vs_best": times[f"ours_{best_o}"] / times[f"captum_{best_c}"],
         "max_rel_diff_vs_captum_corrected": ((ours - theirs * steps / (steps - 1)).abs().max()
                                              / ours.abs().max()).item(),
         "completeness_rel_err_median": {"ours": rel(ours).median().item(), "captum": rel(theirs).median().item()},
@@ -104,24 +110,31 @@ def bench_ig(model, x, t, steps: int, repeats: int) -> dict:
 
 
 def bench_eg(model, x, t, bg, samples: int, repeats: int) -> dict:
+    """Ours at default arguments vs shap.GradientExplainer at each batch_size, interleaved."""
     import shap
 
     state = np.random.get_state()
 
-    def theirs():
-        ex = shap.GradientExplainer(model, bg, batch_size=50)
+    def theirs(bs):
+        ex = shap.GradientExplainer(model, bg, batch_size=bs)
         sv, idx = ex.shap_values(x, nsamples=samples, ranked_outputs=1, rseed=0)
         return np.asarray(sv)[..., 0], idx
 
-    ours = lambda: A.expected_gradients(model, x, t, background=bg, samples=samples, seed=0, batch_size=512)
+    batches = (50, 200, 800)
+    fns = {"ours_default": lambda: A.expected_gradients(model, x, t, background=bg, samples=samples, seed=0)}
+    fns.update({f"shap_{bs}": lambda bs=bs: theirs(bs) for bs in batches})
     cpu = {}
-    times = interleaved({"shap": theirs, "ours": ours}, repeats, cpu)
-    sv, idx = theirs()
+    times = interleaved(fns, repeats, cpu)
+    best = min(batches, key=lambda b: times[f"shap_{b}"])
+    sv, idx = theirs(best)
     np.random.set_state(state)
     assert torch.equal(torch.as_tensor(idx[:, 0]).long(), t), "shap's top output must be our target"
-    corr = float(np.corrcoef(ours().flatten().numpy(), sv.flatten())[0, 1])
-    return {"samples": samples, "images": len(x), "shap_s": times["shap"], "ours_s": times["ours"],
-            "ratio": times["ours"] / times["shap"], "cpu_ratio": cpu["ours"] / cpu["shap"], "map_correlation": corr}
+    corr = float(np.corrcoef(fns["ours_default"]().flatten().numpy(), sv.flatten())[0, 1])
+    return {"samples": samples, "images": len(x), "times": times, "shap_best_batch": best,
+            "shap_s": times[f"shap_{best}"], "ours_s": times["ours_default"],
+            "ours_default_batch": A.auto_batch_size(model, x),
+            "ratio": times["ours_default"] / times[f"shap_{best}"],
+            "cpu_ratio": cpu["ours_default"] / cpu[f"shap_{best}"], "map_correlation": corr}
 
 
 def bench_rules(model, x, t, grid, tol: float = 0.01, timing: bool = True) -> dict:
@@ -140,8 +153,7 @@ def bench_rules(model, x, t, grid, tol: float = 0.01, timing: bool = True) -> di
             errs[n] = err(phi)
         out["errors"][rule] = errs
         out["steps_needed"][rule] = next((n for n in errs if errs[n] <= tol), None)
-    comp = lambda phi: M.relative_error(A.completeness_error(model, x, t, phi), model, x, t,
-                                        torch.zeros_like(x)).median().item()
+    comp = lambda phi: M.relative_error(A.completeness_error(model, x, t, phi), model, x, t, None).median().item()
     phi50 = {r: A.integrated_gradients(model, x, t, steps=50, rule=r) for r in A.RULES}
     out["completeness_at_50"] = {"captum_trapezoid": comp(phi50["trapezoid"] * 49 / 50),
                                  **{r: comp(v) for r, v in phi50.items()}}
@@ -162,6 +174,7 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="fewer repeats and images (a CI-sized check)")
+    p.add_argument("--skip-rules", action="store_true", help="only the speed comparisons (parts 1 and 2)")
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "bench_attributions.json"))
     a = p.parse_args()
     if a.threads:
@@ -180,21 +193,23 @@ def main():
     res["ig"] = bench_ig(cnn, x, t, 50, repeats)
     r = res["ig"]
     print(f"IG vs captum (small_cnn, {r['images']} images, 50 steps): captum best {r['captum_best_s']:.3f} s at "
-          f"batch {r['captum_best_batch']}; ours {r['ours_same_batch_s']:.3f} s at that batch "
-          f"(ratio {r['ratio_same_batch']:.2f}), ours best {r['ours_best_s']:.3f} s "
-          f"(ratio {r['ratio_best_vs_best']:.2f}); CPU-time ratios {r['cpu_ratio_same_batch']:.2f} / "
-          f"{r['cpu_ratio_best_vs_best']:.2f}; max rel diff vs captum·n/(n−1) "
+          f"internal_batch_size {r['captum_best_batch']}; ours at defaults {r['ours_default_s']:.3f} s (automatic "
+          f"batch {r['ours_default_batch']}): ratio {r['ratio_default_vs_captum_best']:.2f} (CPU time "
+          f"{r['cpu_ratio_default_vs_captum_best']:.2f}); ours at captum's batch {r['ratio_same_batch']:.2f}, "
+          f"ours best "
+          f"(batch {r['ours_best_batch']}) {r['ratio_best_vs_best']:.2f}; max rel diff vs captum·n/(n−1) "
           f"{r['max_rel_diff_vs_captum_corrected']:.1e}; median completeness rel err ours "
           f"{r['completeness_rel_err_median']['ours']:.1e} vs captum {r['completeness_rel_err_median']['captum']:.1e}")
+    print("  all times (s):", {k: round(v, 3) for k, v in r["times"].items()})
 
     small = models.build("small_cnn", 10, 1, 8, width=8).eval()  # the smoke profile's size
     for name, (m, size) in {"small_cnn_28": (cnn, 28), "small_cnn_8": (small, 8)}.items():
         xe, bg = images(8, 1, size), images(72, 1, size)[8:]
         res[f"eg_{name}"] = r = bench_eg(m, xe, A.logits(m, xe).argmax(1), bg, 50 if a.quick else 200, repeats)
-        print(f"EG vs shap.GradientExplainer ({name}, {r['images']} images, {r['samples']} samples): shap "
-              f"{r['shap_s']:.3f} s, ours {r['ours_s']:.3f} s (ratio {r['ratio']:.3f}, CPU-time ratio "
-              f"{r['cpu_ratio']:.3f}); map correlation "
-              f"{r['map_correlation']:.3f}")
+        print(f"EG vs shap.GradientExplainer ({name}, {r['images']} images, {r['samples']} samples): shap best "
+              f"{r['shap_s']:.3f} s (batch_size {r['shap_best_batch']}), ours at defaults {r['ours_s']:.3f} s "
+              f"(automatic batch {r['ours_default_batch']}): ratio {r['ratio']:.3f}, CPU-time ratio "
+              f"{r['cpu_ratio']:.3f}; map correlation {r['map_correlation']:.3f}")
 
     grid = (4, 8, 16, 32, 64, 128, 256)
     resnet = models.build("resnet18_cifar", 10, 3, 16).eval()  # 16×16 inputs keep the 1000-step references cheap
@@ -205,6 +220,8 @@ def main():
              "resnet18_cifar_homogeneous": (homog, xr, grid[:-2], False)}
     if a.quick:
         cases = {"small_cnn": (cnn, x[:4], grid[:4], False)}
+    if a.skip_rules:
+        cases = {}
     for name, (m, xx, g, timing) in cases.items():
         tt = A.logits(m, xx).argmax(1)
         res[f"rules_{name}"] = r = bench_rules(m, xx, tt, g, timing=timing)

@@ -1,212 +1,131 @@
 """Feature attributions and boundary attributions, in fp32, for `lib.models.Classifier`s.
 
-Every method takes x: (N,C,H,W) in [0,1] and target: (N,) class indices, explains the target
-*logit*, and returns a float32 tensor shaped like x. Models run in eval mode; their modes,
-hooks and the global RNGs (torch, numpy, python) are left as found: randomness comes from
-an explicit `seed`. Boundary search and AGI run through `lib.attacks.pgd`.
+Every method takes model: torch.nn.Module, x: (N,C,H,W) float in [0,1] and target: (N,) class indices,
+and returns a float32 tensor shaped like x; signed (red supports the class). By default the target
+*logit* is explained; `output="softmax"` explains its probability (path methods, saliency, SmoothGrad,
+SHAP). Models run in eval mode; their modes, hooks and the global RNGs (torch, numpy, python) are left
+as found: randomness comes from an explicit `seed`. `batch_size=None` (every default) picks a
+memory-bounded number of points per pass (`auto_batch_size`). Path methods live in `lib.path_methods`
+and are importable from here.
+
+For a captum user (one word per idea in robinterp), ours → captum's, and where the semantics differ:
+
+| ours | captum | difference |
+|---|---|---|
+| `target` | `target` | the class explained (our notebooks: the predicted class) |
+| `baseline` | `baselines` | also "uniform"/"gaussian" (drawn with `seed`) or a (T,N,C,H,W) stack of trials |
+| `steps` | `n_steps` | same count of gradient evaluations. Trapezoid weights: ours sum to 1 (exact on a |
+| | | linear path); captum's `riemann_trapezoid` weights sum to (n−1)/n, so its IG is (n−1)/n of ours |
+| `rule` | `method` | "trapezoid" (above) or "gausslegendre" (identical to captum's) |
+| `trials` | – (Boychev's `num_random_trials`) | IG averaged over `trials` baselines, in one batched pass |
+| `output` | – (wrap the model) | "logit" or "softmax" |
+| `batch_size` | `internal_batch_size` | default automatic and memory-bounded (captum's: all points at once) |
+| `saliency` | `Saliency` | ours is signed; captum's default `abs=True` returns abs(∇F) |
+| `smoothgrad(samples, sigma,` | `NoiseTunnel(Saliency)` | captum's `stdevs` is in the model input's units; ours |
+|   `sigma_unit)` | `(nt_samples, stdevs)` | names it: "pixel", "range" (× image max−min), "std" (× normalisation std) |
+| `expected_gradients(samples)`, | shap `GradientExplainer` | same estimator; ours draws all samples in one |
+|   `shap_values` | `(nsamples)` | batched pass |
+| `deeplift` | `DeepLift` | ours calls captum's |
 """
 
 from __future__ import annotations
 
 import random
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from lib import attacks
 from lib.alignment import boundary_normal_cosine
 from lib.boundary import Boundary, boundary_search, check_target, logits
-from lib.data import check_images
 from lib.device import exact_fp32
-from lib.models import eval_mode
+from lib.models import Normalize, eval_mode, unwrap
+from lib.path_methods import (
+    GAUSSIAN_BASELINE_STD,
+    OUTPUTS,
+    RULES,
+    _gen,
+    _path_sum,
+    agi,
+    auto_batch_size,
+    completeness_error,
+    completeness_gap,
+    expected_gradients,
+    integrated_gradients,
+    make_baseline,
+    make_baselines,
+    quadrature,
+    target_output,
+)
 
-RULES = ("trapezoid", "gausslegendre")
-GAUSSIAN_BASELINE_STD = 0.25  # "gaussian" baseline: clamp(x + N(0, 0.25²), 0, 1)
-
-
-# ---------------------------------------------------------------- gradients
-
-def _gen(seed: int, device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(int(seed))
-
-
-def _chunks(n: int, steps: int, batch_size: int | None):
-    """Blocks (k0, k1, i0, i1) of steps × images with at most batch_size points: whole steps when
-    batch_size >= n (as captum batches), else slices of images within one step."""
-    bs = n * steps if batch_size is None else max(1, int(batch_size))
-    if bs >= n:
-        per = bs // n
-        for k0 in range(0, steps, per):
-            yield k0, min(steps, k0 + per), 0, n
-    else:
-        for k in range(steps):
-            for i0 in range(0, n, bs):
-                yield k, k + 1, i0, min(n, i0 + bs)
-
-
-def _path_sum(model, n: int, steps: int, target: torch.Tensor, batch_size: int | None, points) -> torch.Tensor:
-    """Σ_k w_k · m_k ⊙ ∇F_target(z_k) per image, over `steps` points per image, batch by batch.
-
-    points(k0, k1, i0, i1) -> (z (K·I,C,H,W) step-major, w (K·I,) or None, m (K·I,C,H,W) or None).
-    The weights ride on the backward pass; the sum over steps is a reshape, not a scatter.
-    """
-    acc = None
-    with eval_mode(model), torch.enable_grad():
-        for k0, k1, i0, i1 in _chunks(n, steps, batch_size):
-            z, w, mult = points(k0, k1, i0, i1)
-            z = z.detach().float().requires_grad_(True)
-            tgt = target[i0:i1].repeat(k1 - k0)
-            logit = model(z).float().gather(1, tgt[:, None]).squeeze(1)
-            (g,) = torch.autograd.grad(logit.sum() if w is None else (logit * w).sum(), z)
-            if mult is not None:
-                g = g * mult
-            if acc is None:
-                acc = torch.zeros((n, *g.shape[1:]), dtype=torch.float32, device=g.device)
-            acc[i0:i1] += g.view(k1 - k0, i1 - i0, *g.shape[1:]).sum(0)
-    return acc
-
-
-def _grads(model, z: torch.Tensor, target: torch.Tensor, batch_size: int | None = None):
-    """Per-point gradients of the target logit and the logits: ((M,C,H,W), (M,K))."""
-    bs = len(z) if batch_size is None else max(1, int(batch_size))
-    grads, logits = [], []
-    with eval_mode(model), torch.enable_grad():
-        for lo in range(0, len(z), bs):
-            zb = z[lo:lo + bs].detach().float().requires_grad_(True)
-            out = model(zb).float()
-            (g,) = torch.autograd.grad(out.gather(1, target[lo:lo + bs, None]).sum(), zb)
-            grads.append(g)
-            logits.append(out.detach())
-    return torch.cat(grads), torch.cat(logits)
-
-
-def _target_logit(model, x, target):
-    return logits(model, x).gather(1, target[:, None]).squeeze(1)
+__all__ = ["GAUSSIAN_BASELINE_STD", "OUTPUTS", "RULES", "SIGMA_UNITS", "agi", "auto_batch_size", "big", "bdt",
+           "bsg", "bsm", "completeness_error", "completeness_gap", "deeplift", "explain", "explain_models",
+           "expected_gradients", "ig_options",
+           "integrated_gradients", "logits", "make_baseline", "make_baselines", "noise_scale", "quadrature",
+           "saliency", "shap_values", "smoothgrad", "target_output"]
+SIGMA_UNITS = ("pixel", "range", "std")
 
 
 # ---------------------------------------------------------------- gradient methods
 
-def saliency(model, x: torch.Tensor, target: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
-    """∇_x F_target(x): (N,C,H,W)."""
+def saliency(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, *, output: str = "logit",
+             batch_size: int | None = None) -> torch.Tensor:
+    """∇_x F_target(x), signed: (N,C,H,W)."""
     target = check_target(x, target)
-    return _path_sum(model, len(x), 1, target, batch_size, lambda k0, k1, i0, i1: (x[i0:i1], None, None))
+    return _path_sum(model, x, 1, target, batch_size, lambda k0, k1, i0, i1: (x[i0:i1], None, None), output)
 
 
-def smoothgrad(model, x: torch.Tensor, target: torch.Tensor, *, samples: int = 50, sigma: float = 0.15,
-               seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
-    """Mean gradient over x + N(0, σ²) (σ in pixel units, noise not clipped): (N,C,H,W).
+def noise_scale(model: torch.nn.Module, x: torch.Tensor, sigma: float, sigma_unit: str = "pixel") -> torch.Tensor:
+    """SmoothGrad's noise std in pixel units, (N,C,1,1), for σ given in `sigma_unit`:
+
+    "pixel": σ itself (x in [0,1]); "range": σ·(max x − min x) per image (Smilkov et al.'s noise level);
+    "std": σ·s_c with s_c the model's per-channel normalisation std, i.e. σ in the units of the
+    standardised input the network sees. Wang et al.'s code passes stdevs=0.15 to captum's NoiseTunnel
+    on ImageNet-standardised inputs: σ = 0.15 with unit "std" (≈ 0.034 in pixels, 3 % of that input's range).
+    """
+    n, c = x.shape[:2]
+    if sigma_unit == "pixel":
+        s = torch.full((n, c), float(sigma), device=x.device)
+    elif sigma_unit == "range":
+        flat = x.float().flatten(1)
+        s = (sigma * (flat.amax(1) - flat.amin(1)))[:, None].expand(n, c)
+    elif sigma_unit == "std":
+        norm = getattr(unwrap(model), "normalize", None)
+        if not isinstance(norm, Normalize):
+            raise ValueError("sigma_unit 'std' needs a model whose first layer is lib.models.Normalize; "
+                             "use sigma_unit 'pixel' or 'range' for this model")
+        s = (sigma * norm.std.flatten().to(x.device))[None].expand(n, c)
+    else:
+        raise ValueError(f"unknown sigma_unit {sigma_unit!r}; use one of {', '.join(SIGMA_UNITS)}")
+    return s.float().reshape(n, c, 1, 1)
+
+
+def smoothgrad(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, *, samples: int = 50,
+               sigma: float = 0.15, sigma_unit: str = "pixel", output: str = "logit", seed: int = 0,
+               batch_size: int | None = None) -> torch.Tensor:
+    """Mean gradient over x + N(0, s²), s = `noise_scale(model, x, sigma, sigma_unit)`, noise not clipped: (N,C,H,W).
 
     The noise is drawn sample by sample for all images, so results do not depend on batch_size.
     """
     target = check_target(x, target)
     x, gen, drawn = x.float(), _gen(seed, x.device), {}
+    scale = noise_scale(model, x, sigma, sigma_unit)
 
     def points(k0, k1, i0, i1):
         if (k0, k1) not in drawn:
             drawn.clear()
             drawn[(k0, k1)] = torch.randn((k1 - k0, *x.shape), generator=gen, device=x.device)
-        z = x[None, i0:i1] + sigma * drawn[(k0, k1)][:, i0:i1]
+        z = x[None, i0:i1] + scale[None, i0:i1] * drawn[(k0, k1)][:, i0:i1]
         return z.flatten(0, 1), None, None
 
-    return _path_sum(model, len(x), samples, target, batch_size, points) / samples
+    return _path_sum(model, x, samples, target, batch_size, points, output) / samples
 
 
-def make_baseline(x: torch.Tensor, baseline=None, seed: int = 0) -> torch.Tensor:
-    """Baseline x′ like x: None/"black" → 0, "uniform" → U(0,1), "gaussian" → clamp(x + N(0, 0.25²)), or a tensor."""
-    if baseline is None or (isinstance(baseline, str) and baseline == "black"):
-        return torch.zeros_like(x)
-    if isinstance(baseline, str):
-        gen = _gen(seed, x.device)
-        if baseline == "uniform":
-            return torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        if baseline == "gaussian":
-            noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            return (x + GAUSSIAN_BASELINE_STD * noise).clamp(0, 1)
-        raise ValueError(f"unknown baseline {baseline!r}; use None, 'black', 'uniform', 'gaussian' or a tensor")
-    b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
-    if b.ndim == x.ndim - 1:
-        b = b.unsqueeze(0)
-    return b.expand_as(x).clone()
-
-
-def quadrature(steps: int, rule: str = "trapezoid") -> tuple[torch.Tensor, torch.Tensor]:
-    """Nodes α and weights w on [0,1] with Σw = 1; `steps` gradient evaluations.
-
-    trapezoid: α = linspace(0,1,steps), w = 1/(steps−1) with halved ends. (captum's
-    riemann_trapezoid uses the same nodes but weights 1/steps, which sum to (steps−1)/steps.)
-    """
-    if rule == "trapezoid":
-        if steps < 2:
-            raise ValueError(f"the trapezoid rule needs steps >= 2, got {steps}")
-        alphas = torch.linspace(0, 1, steps, dtype=torch.float64)
-        w = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
-        w[0] /= 2
-        w[-1] /= 2
-    elif rule == "gausslegendre":
-        if steps < 1:
-            raise ValueError(f"Gauss-Legendre needs steps >= 1, got {steps}")
-        nodes, weights = np.polynomial.legendre.leggauss(steps)
-        alphas, w = torch.from_numpy(0.5 * (nodes + 1)), torch.from_numpy(0.5 * weights)
-    else:
-        raise ValueError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
-    return alphas.float(), w.float()
-
-
-def integrated_gradients(model, x: torch.Tensor, target: torch.Tensor, *, baseline=None, steps: int = 50,
-                         batch_size: int | None = None, rule: str = "trapezoid", seed: int = 0) -> torch.Tensor:
-    """φ = (x − x′) ⊙ ∫₀¹ ∇F(x′ + α(x − x′)) dα by `rule` with `steps` gradient evaluations.
-
-    baseline: see `make_baseline` (random ones drawn with `seed`). batch_size bounds the points
-    per forward pass (None: all N·steps at once). Returns (N,C,H,W) float32.
-    """
-    target = check_target(x, target)
-    x = x.float()
-    base = make_baseline(x, baseline, seed)
-    check_images(base, "baseline")
-    alphas, w = (t.to(x.device) for t in quadrature(steps, rule))
-    n, diff = len(x), x - base
-
-    def points(k0, k1, i0, i1):  # step-major, as captum orders its expansion
-        a = alphas[k0:k1].view(-1, *([1] * x.ndim))
-        z = base[None, i0:i1] + a * diff[None, i0:i1]
-        return z.flatten(0, 1), w[k0:k1].repeat_interleave(i1 - i0), None
-
-    return diff * _path_sum(model, n, steps, target, batch_size, points)
-
-
-def completeness_error(model, x: torch.Tensor, target: torch.Tensor, phi: torch.Tensor, baseline=None,
-                       seed: int = 0) -> torch.Tensor:
-    """Σφ − (F(x) − F(x′)) per image: (N,). Pass the same baseline and seed as to the attribution."""
-    target = check_target(x, target)
-    base = make_baseline(x.float(), baseline, seed)
-    delta = _target_logit(model, x.float(), target) - _target_logit(model, base, target)
-    return phi.flatten(1).sum(1) - delta
-
-
-def expected_gradients(model, x: torch.Tensor, target: torch.Tensor, *, background: torch.Tensor,
-                       samples: int = 50, seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
-    """E_{x′~background, α~U(0,1)}[(x − x′) ⊙ ∇F(x′ + α(x − x′))], `samples` draws per image."""
-    target = check_target(x, target)
-    check_images(background, "background")
-    x, bg = x.float(), background.float().to(x.device)
-    n, gen = len(x), _gen(seed, "cpu")
-    idx = torch.randint(len(bg), (samples, n), generator=gen).to(x.device)
-    alpha = torch.rand((samples, n), generator=gen).to(x.device)
-
-    def points(k0, k1, i0, i1):  # (x − x′) differs per sample, so it multiplies each gradient
-        b = bg[idx[k0:k1, i0:i1]]  # (K, I, C, H, W)
-        a = alpha[k0:k1, i0:i1].view(k1 - k0, i1 - i0, *([1] * (x.ndim - 1)))
-        d = x[None, i0:i1] - b
-        return (b + a * d).flatten(0, 1), None, d.flatten(0, 1)
-
-    return _path_sum(model, n, samples, target, batch_size, points) / samples
-
-
-def shap_values(model, x: torch.Tensor, target: torch.Tensor, *, background: torch.Tensor, samples: int = 200,
-                seed: int = 0, batch_size: int = 50) -> torch.Tensor:
-    """shap.GradientExplainer's expected gradients of the target logit: (N,C,H,W) float32.
+def shap_values(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, *, background: torch.Tensor,
+                samples: int = 200, output: str = "logit", seed: int = 0,
+                batch_size: int | None = None) -> torch.Tensor:
+    """shap.GradientExplainer's expected gradients of the target logit (or softmax probability): (N,C,H,W).
 
     One explainer per distinct target explains only that output (shap's single-output path).
     Restores the model's modes and the numpy/torch/python RNG states, which shap changes.
@@ -214,14 +133,16 @@ def shap_values(model, x: torch.Tensor, target: torch.Tensor, *, background: tor
     import shap
 
     target = check_target(x, target)
-    check_images(background, "background")
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output {output!r}; use one of {', '.join(OUTPUTS)}")
+    batch_size = auto_batch_size(model, x) if batch_size is None else batch_size
     states = (np.random.get_state(), torch.get_rng_state(), random.getstate())
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     try:
         with eval_mode(model):
             for c in target.unique().tolist():
                 rows = (target == c).nonzero().flatten()
-                explainer = shap.GradientExplainer(_Select(model, c), background.float().to(x.device),
+                explainer = shap.GradientExplainer(_Select(model, c, output), background.float().to(x.device),
                                                    batch_size=batch_size)
                 sv = np.asarray(explainer.shap_values(x[rows].float(), nsamples=samples, rseed=seed))
                 if sv.ndim == x.ndim + 1:  # shap >= 0.45: outputs on the last axis
@@ -235,24 +156,26 @@ def shap_values(model, x: torch.Tensor, target: torch.Tensor, *, background: tor
 
 
 class _Select(torch.nn.Module):
-    """model restricted to one logit: (N, 1)."""
+    """model restricted to one logit (or its softmax probability): (N, 1)."""
 
-    def __init__(self, model, c: int):
+    def __init__(self, model: torch.nn.Module, c: int, output: str = "logit"):
         super().__init__()
-        self.model, self.c = model, c
+        self.model, self.c, self.output = model, c, output
 
     def forward(self, x):
-        return self.model(x)[:, self.c:self.c + 1]
+        out = self.model(x)
+        if self.output == "softmax":
+            out = out.softmax(1)
+        return out[:, self.c:self.c + 1]
 
 
-def deeplift(model, x: torch.Tensor, target: torch.Tensor, *, baseline=None, seed: int = 0) -> torch.Tensor:
-    """captum's DeepLift (Rescale rule) relative to `baseline` (see `make_baseline`): (N,C,H,W).
+def deeplift(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, *, baseline=None,
+             seed: int = 0) -> torch.Tensor:
+    """captum's DeepLift (Rescale rule) of the target logit relative to `baseline` (see `make_baseline`): (N,C,H,W).
 
     captum's MaxPool rule is not conservative (multipliers are undefined where the pool input
     equals its reference), so on max-pooling nets Σφ ≠ F(x) − F(x′); `completeness_error` shows it.
     """
-    import warnings
-
     from captum.attr import DeepLift
 
     target = check_target(x, target)
@@ -297,47 +220,6 @@ def bdt(model, x, target, boundary: Boundary) -> torch.Tensor:
     return _on_boundary(x, boundary, lambda ok: deeplift(model, x[ok], target[ok], baseline=boundary.points[ok]))
 
 
-def agi(model, x: torch.Tensor, target: torch.Tensor, *, steps: int = 20, step_size: float = 0.05,
-        norm: str = "linf", classes: int | None = None, seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
-    """Adversarial Gradient Integration (Pan et al. 2021): (N,C,H,W).
-
-    For each false class j (`classes` drawn per image with `seed`, None: all), a targeted PGD
-    path runs from x toward j and stops once the prediction is j; φ sums −∇F_target ⊙ dγ along
-    every path (trapezoid per step), so Σφ = Σ_j F_target(x) − F_target(path end). Pan et al.
-    explain the softmax probability; we explain the logit, like every method here. Images go
-    in groups of batch_size // classes paths; memory ∝ (steps + 1) · group · classes images.
-    """
-    target = check_target(x, target)
-    x = x.float()
-    n, k_all = len(x), logits(model, x[:1]).shape[1]
-    k = k_all - 1 if classes is None else max(1, min(int(classes), k_all - 1))
-    score = torch.rand((n, k_all), generator=_gen(seed, "cpu")).to(x.device)
-    score[torch.arange(n), target] = 2.0  # never pick the target itself
-    j = score.argsort(1)[:, :k]
-    group = n if batch_size is None else max(1, int(batch_size) // k)
-    return torch.cat([_agi_paths(model, x[i:i + group], target[i:i + group], j[i:i + group], steps, step_size,
-                                 norm, batch_size) for i in range(0, n, group)])
-
-
-def _agi_paths(model, x, target, j, steps, step_size, norm, batch_size) -> torch.Tensor:
-    n, k = j.shape
-    xr, tr, j = x.repeat_interleave(k, 0), target.repeat_interleave(k), j.flatten()
-    path = []
-
-    def toward_j(m, z, cls):  # records the path that pgd walks; pgd remains the only loop
-        path.append(z.detach())
-        return -F.cross_entropy(m(z), cls, reduction="none")
-
-    end = attacks.pgd(model, xr, j, eps=steps * step_size, step_size=step_size, steps=steps, norm=norm,
-                      random_start=False, loss_fn=toward_j)
-    pts = torch.stack(path + [end])  # (T+1, n·k, C,H,W)
-    g, out = _grads(model, pts.flatten(0, 1), tr.repeat(len(pts)), batch_size)
-    g, pred = g.view(pts.shape), out.argmax(1).view(len(pts), -1)
-    active = ((pred == j).cumsum(0) == 0)[:-1].float()  # segment t counts until the path reaches j
-    seg = 0.5 * (g[:-1] + g[1:]) * (pts[:-1] - pts[1:])
-    phi = (active.view(*active.shape, *([1] * (x.ndim - 1))) * seg).sum(0)
-    return phi.view(n, k, *x.shape[1:]).sum(1)
-
 
 def boundary_alignment(model, x: torch.Tensor, target: torch.Tensor, boundary: Boundary) -> dict:
     """`lib.alignment.boundary_normal_cosine` as a dict: cos_saliency, cos_margin, distance, cos_direction (N,)
@@ -355,6 +237,31 @@ METHODS = ("saliency", "smoothgrad", "ig", "eg", "shap", "deeplift", "agi", "big
 BOUNDARY_METHODS = ("big", "bsm", "bsg", "bdt")
 
 
+TITLES = {"ig": "Integrated Gradients", "shap": "SHAP (GradientExplainer)", "eg": "Expected Gradients",
+          "big": "Boundary IG (BIG)", "bsm": "Boundary saliency (BSM)", "bsg": "Boundary SmoothGrad (BSG)",
+          "bdt": "Boundary DeepLift (BDT)", "agi": "AGI", "smoothgrad": "SmoothGrad", "saliency": "Saliency",
+          "deeplift": "DeepLift"}
+
+
+def method_title(method: str, cfg: dict) -> str:
+    """A figure title naming the method and the setting that produced it (IG: baseline, trials, output)."""
+    if method == "ig":
+        o = ig_options(cfg["ig"])
+        trials = f" ×{o['trials']}" if o["trials"] > 1 else ""
+        setting = f"{o['baseline'] or 'black'} baseline{trials}, {o['output']}, {cfg['ig']['steps']} steps"
+        return f"{TITLES[method]} ({setting})"
+    if method in ("smoothgrad", "bsg"):
+        sg = cfg["smoothgrad"]
+        return f"{TITLES[method]} (σ = {sg['sigma']} {sg.get('sigma_unit', 'pixel')} units)"
+    return TITLES[method]
+
+
+def ig_options(ig_cfg: dict) -> dict:
+    """IG's baseline, trials and output from a profile's `attributions.ig` (black, 1 trial, logit by default)."""
+    return {"baseline": ig_cfg.get("baseline"), "trials": ig_cfg.get("trials", 1),
+            "output": ig_cfg.get("output", "logit")}
+
+
 class Explanations(NamedTuple):
     maps: dict              # method -> (N,C,H,W) float32 (NaN rows: no boundary point found)
     boundary: Boundary | None
@@ -362,30 +269,33 @@ class Explanations(NamedTuple):
 
 
 @exact_fp32
-def explain(model, x: torch.Tensor, target: torch.Tensor, cfg: dict, *, background: torch.Tensor,
-            seed: int = 0) -> Explanations:
-    """Run every method of cfg["methods"] with the parameters of a profile's `attributions` section."""
+def explain(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, cfg: dict, *, background: torch.Tensor,
+            seed: int = 0, methods=None) -> Explanations:
+    """Run every method of `methods` (default cfg["methods"]) with the parameters of a profile's
+    `attributions` section."""
     import time
 
-    unknown = set(cfg["methods"]) - set(METHODS)
+    methods = list(cfg["methods"] if methods is None else methods)
+    unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown attribution methods {sorted(unknown)}; known: {', '.join(METHODS)}")
     bs, seconds = cfg.get("batch_size"), {}
     ig = dict(steps=cfg["ig"]["steps"], rule=cfg["ig"].get("rule", "trapezoid"), batch_size=bs)
-    sg = dict(samples=cfg["smoothgrad"]["samples"], sigma=cfg["smoothgrad"]["sigma"], seed=seed, batch_size=bs)
+    sg = dict(samples=cfg["smoothgrad"]["samples"], sigma=cfg["smoothgrad"]["sigma"],
+              sigma_unit=cfg["smoothgrad"].get("sigma_unit", "pixel"), seed=seed, batch_size=bs)
     boundary = None
-    if set(cfg["methods"]) & set(BOUNDARY_METHODS):
+    if set(methods) & set(BOUNDARY_METHODS):
         b, t0 = {k: v for k, v in cfg["boundary"].items() if k != "eps"}, time.perf_counter()
         boundary = boundary_search(model, x, target, eps_list=cfg["boundary"]["eps"], seed=seed, **b)
         seconds["boundary_search"] = time.perf_counter() - t0
     run = {
         "saliency": lambda: saliency(model, x, target),
         "smoothgrad": lambda: smoothgrad(model, x, target, **sg),
-        "ig": lambda: integrated_gradients(model, x, target, baseline=cfg["ig"].get("baseline"), seed=seed, **ig),
+        "ig": lambda: integrated_gradients(model, x, target, **ig_options(cfg["ig"]), seed=seed, **ig),
         "eg": lambda: expected_gradients(model, x, target, background=background, samples=cfg["eg"]["samples"],
-                                         seed=seed, batch_size=bs),
+                                         output=cfg["eg"].get("output", "logit"), seed=seed, batch_size=bs),
         "shap": lambda: shap_values(model, x, target, background=background, samples=cfg["shap"]["samples"],
-                                    seed=seed),
+                                    output=cfg["shap"].get("output", "logit"), seed=seed, batch_size=bs),
         "deeplift": lambda: deeplift(model, x, target),
         "agi": lambda: agi(model, x, target, steps=cfg["agi"]["steps"], step_size=cfg["agi"]["step_size"],
                            classes=cfg["agi"].get("classes"), seed=seed, batch_size=bs),
@@ -395,8 +305,18 @@ def explain(model, x: torch.Tensor, target: torch.Tensor, cfg: dict, *, backgrou
         "bdt": lambda: bdt(model, x, target, boundary),
     }
     maps = {}
-    for name in cfg["methods"]:
+    for name in methods:
         t0 = time.perf_counter()
         maps[name] = run[name]().detach().float()
         seconds[name] = time.perf_counter() - t0
     return Explanations(maps, boundary, seconds)
+
+
+def explain_models(models: dict, x: torch.Tensor, preds: dict, cfg: dict, *, background: torch.Tensor,
+                   seed: int = 0, pair=("standard", "robust")) -> dict:
+    """{key: Explanations} for every model of `models` ({key: model}, e.g. a pgd sweep), each explaining its
+    own predictions preds[key]: cfg["methods"] on the `pair` shown in the grids, cfg["sweep_methods"]
+    (default: all methods) on the other members, to keep a long sweep cheap."""
+    sweep = cfg.get("sweep_methods") or cfg["methods"]
+    return {key: explain(net, x, preds[key], cfg, background=background, seed=seed,
+                         methods=cfg["methods"] if key in pair else sweep) for key, net in models.items()}
