@@ -72,15 +72,20 @@ def tiny_profile(dataset: str, options: dict) -> dict:
     prof["train"].update(epochs=3)
     prof["eval"].update(test_images=64)
     a = prof["attributions"]
-    a.update(n_images=8, background=8, ig={"steps": 8, "rule": "gausslegendre", "baseline": None},
-             smoothgrad={"samples": 4, "sigma": 0.15}, eg={"samples": 8}, shap={"samples": 8},
-             agi={"steps": 5, "step_size": 0.05, "classes": 2})
-    a["boundary"].update(steps=5)
-    prof["alignment"].update(n_images=16, batch_size=16, attack={"steps": 3, "bisect_steps": 3, "rtol": 0.05})
-    v = prof["visualize"]
-    v["inversion"].update(n=4, n_show=4, steps=20)
-    v["feature_vis"].update(steps=10)
-    v["generation"].update(steps=5)
-    prof["fid"].update(per_class=4, seeds=[0])
-    prof["fid"]["extractor"]["epochs"] = 2
+    _shrink(a, n_images=8, background=8)
+    for method, sizes in {"ig": {"steps": 8}, "smoothgrad": {"samples": 4}, "eg": {"samples": 8},
+                          "shap": {"samples": 8}, "agi": {"steps": 5, "classes": 2}, "boundary": {"steps": 5}}.items():
+        _shrink(a.get(method, {}), **sizes)
+    _shrink(prof["alignment"], n_images=16, batch_size=16)
+    _shrink(prof["alignment"].get("boundary", {}), steps=3, bisect_steps=3)
+    for part, steps in (("inversion", 20), ("feature_vis", 10), ("generation", 5)):
+        _shrink(prof["visualize"][part], steps=steps)
+    _shrink(prof["fid"], per_class=4, seeds=[0])
+    for space in (prof["fid"].get("feature_spaces") or {}).values():
+        _shrink(space, epochs=2)
     return prof
+
+
+def _shrink(section: dict, **values) -> None:
+    """Set the keys of `section` that exist (profiles evolve; a missing knob is left alone)."""
+    section.update({k: v for k, v in values.items() if k in section})
