@@ -5,7 +5,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help setup hooks data reproduce test test-fast figures lint clean-runs
+.PHONY: help setup hooks data reproduce test test-fast figures lint clean-runs gpu-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-11s %s\n", $$1, $$2}'
@@ -23,8 +23,8 @@ setup: $(VENV)/.installed  ## create .venv and install robinterp with its depend
 hooks: setup  ## install the git pre-commit hooks (nbstripout, ruff; offline)
 	$(VENV)/bin/pre-commit install
 
-data: setup  ## make the profile's dataset loadable offline (Fashion-MNIST for default)
-	$(PY) -c "from lib import data, profiles; print(data.prepare(profiles.load('$(PROFILE)')['dataset']))"
+data: setup  ## make the profile's dataset loadable offline (as root with apt: Debian's dataset-fashion-mnist)
+	@$(PY) -m lib.data --profile $(PROFILE) --download --apt
 
 reproduce: setup data  ## run every numbered notebook with papermill (PROFILE=default, DEVICE=auto)
 	$(PY) -m lib.pipeline --profile $(PROFILE) --device $(DEVICE)
@@ -37,6 +37,9 @@ test-fast: setup  ## the tests without the slow ones: nothing that runs a notebo
 
 figures: setup  ## redraw every figure and the report of PROFILE from saved data, no recomputation
 	$(PY) -m lib.figures --profile $(PROFILE)
+
+gpu-check: setup  ## on one GPU (<= 10 min, no downloads): step times, CPU/GPU agreement, memory -> benchmarks/
+	$(PY) benchmarks/gpu_check.py --device $(if $(filter auto,$(DEVICE)),cuda,$(DEVICE))
 
 lint: setup  ## ruff on the code and the notebooks (line length, imports, bugs)
 	$(PY) -m ruff check lib tests benchmarks notebooks

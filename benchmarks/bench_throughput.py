@@ -115,13 +115,14 @@ def main(argv=None) -> dict:
     workloads = {
         "train fwd+bwd (standard)": (lambda: train_step(x), n),
         f"train PGD-{k} (adversarial)": (adv_step, n),
-        "IG, 50 steps (fp32)": (lambda: attributions.integrated_gradients(model.eval(), x, y, steps=50, batch_size=512), n),
+        "IG, 50 steps (fp32)": (
+            lambda: attributions.integrated_gradients(model.eval(), x, y, steps=50, batch_size=512), n),
         "expected gradients, 50 samples": (lambda: attributions.expected_gradients(model.eval(), x, y, background=bg,
                                                                                   samples=50), n),
-        "inversion, 20 iterations": (lambda: visualize.invert_representation(model, x, x.flip(0), eps=1000.0,
-                                                                             step_size=1.0, iters=20, progress=False), n),
-        "class generation, 20 iterations": (lambda: visualize.generate_class_images(model, x, y, eps=30.0, step_size=0.5,
-                                                                                    iters=20, progress=False), n),
+        "inversion, 20 iterations": (lambda: visualize.invert_representation(
+            model, x, x.flip(0), eps=1000.0, step_size=1.0, steps=20, progress=False), n),
+        "class generation, 20 iterations": (lambda: visualize.generate_class_images(
+            model, x, y, eps=30.0, step_size=0.5, steps=20, progress=False), n),
     }
     peak_dtype = amp or torch.float32
     peak = matmul_peak(device, peak_dtype)

@@ -11,11 +11,12 @@ import math
 from typing import NamedTuple
 
 import torch
-from tqdm.auto import tqdm
 
 from lib.boundary import Linearized, boundary_search, cosine, dot, linearize, logit_grad, norm
 from lib.data import check_images
+from lib.device import exact_fp32
 from lib.models import eval_mode
+from lib.progress import tqdm
 
 
 class BoundTerms(NamedTuple):
@@ -141,6 +142,7 @@ def cosine_by_distance(distance: dict, cosines: dict, bins: int = 4, min_count: 
 
 # ---------------------------------------------------------------- everything, for a notebook
 
+@exact_fp32
 def measure(model, x: torch.Tensor, *, labels: torch.Tensor | None = None, batch_size: int = 128,
             chunk: int | None = None, progress: bool = True, **search) -> dict[str, torch.Tensor]:
     """All per-sample quantities of notebook 03 for images x (N,C,H,W) in [0,1]; dict of (N,) CPU tensors.

@@ -39,6 +39,7 @@ import torch
 
 from lib.alignment import boundary_normal_cosine
 from lib.boundary import Boundary, boundary_search, check_target, logits
+from lib.device import exact_fp32
 from lib.models import Normalize, eval_mode, unwrap
 from lib.path_methods import (
     GAUSSIAN_BASELINE_STD,
@@ -267,6 +268,7 @@ class Explanations(NamedTuple):
     seconds: dict           # method -> wall seconds (boundary search under "boundary_search")
 
 
+@exact_fp32
 def explain(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, cfg: dict, *, background: torch.Tensor,
             seed: int = 0, methods=None) -> Explanations:
     """Run every method of `methods` (default cfg["methods"]) with the parameters of a profile's

@@ -1,5 +1,8 @@
 """Datasets as `(image float in [0,1] (C,H,W), label)` with fixed train/val/test splits.
 
+Every format (scikit-learn digits, MNIST IDX files, CIFAR-10 pickled batches, ImageNet class folders)
+comes back as one `ImageTensorDataset` (interface in ARCHITECTURE.md / notes): `len`, `ds[i]`,
+`ds.labels`, `ds.classes`, `ds.shape`, `ds.batch(index)`, `ds.subset(index)`.
 `load(name, split)` never touches the network; `prepare(name, download=True)` is the one
 place that may, and it says so. `val` is a seeded hold-out carved from train, so model
 selection never sees `test`.
@@ -17,10 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lib import imagecache
+
 NAMES = ("digits", "fashion_mnist", "mnist", "cifar10", "imagenet150")
 SPLITS = ("train", "val", "test")
 VAL_SEED = 20231  # fixed forever: changing it would move images between train and val
-VAL_FRACTION = {"digits": 0.15, "fashion_mnist": 1 / 12, "mnist": 1 / 12, "cifar10": 0.1, "imagenet150": 0.05}
+VAL_FRACTION = {"digits": 0.15, "fashion_mnist": 1 / 12, "mnist": 1 / 12, "cifar10": 0.1}
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -34,66 +39,107 @@ CIFAR10_MD5 = {  # torchvision.datasets.CIFAR10's table
     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
     "test_batch": "40351d587109b95175f43aff81a1287e",
 }
-IMAGENET150_SIZE = 128
+OPTIONS = {"imagenet150": {"image_size": 128, "train_per_class": 600, "val_per_class": 50},  # Boychev 2023
+           "cifar10": {"checksums": None}}  # a profile's `dataset_options`; defaults here
 
 
 class ImageTensorDataset(Dataset):
-    """In-memory images. images: (N,C,H,W) uint8; labels: (N,) int64."""
+    """Images as uint8 rows, in memory or memory-mapped (ImageNet-150's cache); every dataset of `load`.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str]):
-        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+    images: (M,C,H,W) uint8 store; labels: (N,) int64; index: optional (N,) rows of the store this
+    dataset holds (a subset shares its parent's store, so subsetting a memory-mapped cache copies nothing).
+    `ds[i]` and `ds.batch(index)` give floats in [0,1]; `ds.labels` never touches the images.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str], index=None):
+        rows = len(images) if index is None else len(index)
+        if images.dtype != torch.uint8 or images.ndim != 4 or rows != len(labels):
             raise ValueError("images must be (N,C,H,W) uint8 with one label each")
-        self.images, self.labels, self.classes = images, labels.long(), list(classes)
+        self.store, self.labels, self.classes = images, torch.as_tensor(labels).long(), list(classes)
+        self.index = None if index is None else torch.as_tensor(index, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i):
-        return self.images[i].float() / 255.0, int(self.labels[i])
+        row = int(i) if self.index is None else int(self.index[i])
+        return self.store[row].float() / 255.0, int(self.labels[i])
 
-    def batch(self, index: torch.Tensor, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """Fast path for training: a whole batch without the per-item Python loop."""
-        x = self.images[index].to(device, non_blocking=True).float().div_(255.0)
-        return x, self.labels[index].to(device, non_blocking=True)
+    def rows(self, index) -> torch.Tensor:
+        """Store rows of this dataset's items `index`."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        return index if self.index is None else self.index[index.cpu()].to(index.device)
+
+    @property
+    def images(self) -> torch.Tensor:
+        """(N,C,H,W) uint8; for a subset of a memory-mapped store this reads (copies) its rows."""
+        return self.store if self.index is None else self.store[self.index]
+
+    def batch(self, index, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of items `index` in one gather: (B,C,H,W) float in [0,1], (B,) int64."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        rows = self.rows(index)
+        if self.store.device.type == "cpu":
+            rows, index = rows.cpu(), index.cpu()
+        x = self.store[rows].to(device, non_blocking=True).float().div_(255.0)
+        return x, self.labels[index.to(self.labels.device)].to(device, non_blocking=True)
 
     def subset(self, index) -> "ImageTensorDataset":
         index = torch.as_tensor(index, dtype=torch.long)
-        return ImageTensorDataset(self.images[index], self.labels[index], self.classes)
+        return ImageTensorDataset(self.store, self.labels[index], self.classes, index=self.rows(index))
+
+    def to(self, device, *, pin: bool = False) -> "ImageTensorDataset":
+        """The same items with the store on `device` (only this dataset's rows are copied), or pinned."""
+        images = self.images
+        images = images.pin_memory() if pin else images.to(device)
+        return ImageTensorDataset(images, self.labels.to(images.device), self.classes)
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])
+        return tuple(self.store.shape[1:])
 
 
-def load(name: str, split: str, root: str | Path = "data", *, download: bool = False) -> Dataset:
-    """Return the `split` of dataset `name`; images (C,H,W) float in [0,1], labels int."""
+def load(name: str, split: str, root: str | Path = "data", *, download: bool = False, **options) -> ImageTensorDataset:
+    """The `split` of dataset `name` as an ImageTensorDataset: images (C,H,W) float in [0,1], labels int.
+
+    options: a profile's `dataset_options` (OPTIONS lists them per dataset, e.g. imagenet150's
+    image_size, train_per_class, val_per_class)."""
     if name not in NAMES:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(NAMES)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    unknown = set(options) - set(OPTIONS.get(name, {}))
+    if unknown:
+        raise ValueError(f"dataset {name!r} has no options {sorted(unknown)}; its options: "
+                         f"{', '.join(OPTIONS.get(name, {})) or 'none'}")
     root = Path(root)
     if name == "imagenet150":
-        return _imagenet150(root, split)
-    train, test = _LOADERS[name](root, download)
+        return _imagenet150(root, split, **{**OPTIONS[name], **options})
+    train, test = _LOADERS[name](root, download, **{**OPTIONS.get(name, {}), **options})
     if split == "test":
         return test
     val_index, train_index = _val_split(len(train), VAL_FRACTION[name])
     return train.subset(val_index if split == "val" else train_index)
 
 
-def info(name: str, root: str | Path = "data") -> dict:
+def load_for(profile: dict, split: str, root: str | Path = "data") -> ImageTensorDataset:
+    """`load` with a profile's dataset and its `dataset_options`."""
+    return load(profile["dataset"], split, root, **(profile.get("dataset_options") or {}))
+
+
+def info(name: str, root: str | Path = "data", **options) -> dict:
     """Shape and class count of a dataset, read from its test split."""
-    ds = load(name, "test", root)
-    x, _ = ds[0]
-    return {"in_channels": x.shape[0], "image_size": x.shape[-1], "num_classes": len(ds.classes)}
+    ds = load(name, "test", root, **options)
+    return {"in_channels": ds.shape[0], "image_size": ds.shape[-1], "num_classes": len(ds.classes)}
 
 
-def prepare(name: str, root: str | Path = "data", *, download: bool = True) -> Path:
-    """Make `name` loadable offline (gunzip, extract or download once). Returns its folder."""
+def prepare(name: str, root: str | Path = "data", *, download: bool = True, **options) -> Path:
+    """Make `name` loadable offline (gunzip, extract, download once, or build ImageNet-150's cache)."""
     root = Path(root)
     if name == "fashion_mnist":
         return _fashion_mnist_raw(root, download)
-    load(name, "test", root, download=download)
+    for split in SPLITS if name == "imagenet150" else ("test",):
+        load(name, split, root, download=download, **options)
     return root
 
 
@@ -109,9 +155,8 @@ def loader(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0
 def sample_images(ds, n: int, seed: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n images drawn from `ds` by `seed`: (x (n,C,H,W) in [0,1], labels (n,), dataset indices (n,))."""
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
-    items = [ds[int(i)] for i in idx]
-    x = torch.stack([im for im, _ in items]).to(device)
-    return x, torch.tensor([int(label) for _, label in items], device=device), idx
+    x, y = ds.batch(idx, device)
+    return x, y, idx
 
 
 def grid_rows(y: torch.Tensor, preds: dict, n_rows: int, n_wrong: int) -> list[int]:
@@ -164,14 +209,18 @@ def _fashion_mnist_raw(root: Path, download: bool) -> Path:
                 shutil.copyfileobj(src, dst)
             (raw / f"{f}.part").replace(raw / f)
         return raw
+    failed = ""
     if download:
         from torchvision.datasets import FashionMNIST
 
         print(f"downloading Fashion-MNIST into {root} (torchvision)")
-        FashionMNIST(str(root), train=True, download=True)
-        return raw
+        try:
+            FashionMNIST(str(root), train=True, download=True)
+            return raw
+        except (OSError, RuntimeError, ValueError) as e:  # no network, proxy, corrupt download
+            failed = f" (the download failed: {type(e).__name__})"
     raise FileNotFoundError(
-        f"Fashion-MNIST not found: put the four IDX files in {raw}, or install Debian's package "
+        f"Fashion-MNIST not found{failed}: put the four IDX files in {raw}, or install Debian's package "
         f"(apt-get install dataset-fashion-mnist, files in {DEBIAN_FMNIST}), or run "
         f"`python -m lib.data fashion_mnist --download` to fetch it with torchvision.")
 
@@ -207,7 +256,9 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cifar10(root: Path, download: bool):
+def _cifar10(root: Path, download: bool, checksums: dict | None = None):
+    """The official batches, each checked against CIFAR10_MD5; `checksums` (a profile's dataset option)
+    replaces that table for data in the CIFAR-10 format that is not CIFAR-10 (generated test data)."""
     folder = root / "cifar-10-batches-py"
     if not folder.is_dir():
         if download:
@@ -219,7 +270,9 @@ def _cifar10(root: Path, download: bool):
             raise FileNotFoundError(
                 f"CIFAR-10 not found: download {CIFAR10_URL} and extract it so that {folder} exists "
                 f"(or run `python -m lib.data cifar10 --download`).")
-    for fname, md5 in CIFAR10_MD5.items():
+    if checksums is not None and set(checksums) != set(CIFAR10_MD5):
+        raise ValueError(f"dataset option checksums must give the MD5 of exactly {', '.join(CIFAR10_MD5)}")
+    for fname, md5 in (checksums or CIFAR10_MD5).items():
         path = folder / fname
         if not path.is_file():
             raise FileNotFoundError(f"CIFAR-10 file {path} is missing: extract {CIFAR10_URL} into {root} again.")
@@ -243,13 +296,16 @@ def _unpickle(path: Path) -> dict:
         return pickle.load(f, encoding="bytes")
 
 
-# ---------------------------------------------------------------- Small-ImageNet-150 (ImageFolder)
+# ---------------------------------------------------------------- Small-ImageNet-150 (class folders)
 
-def _imagenet150(root: Path, split: str):
-    """root/imagenet150/{train,val}/<wnid>/*.JPEG plus root/imagenet150/classes.txt (150 wnids)."""
-    from torchvision import transforms
-    from torchvision.datasets import ImageFolder
+def _imagenet150(root: Path, split: str, *, image_size: int, train_per_class: int, val_per_class: int):
+    """root/imagenet150/{train,val}/<wnid>/*.JPEG plus root/imagenet150/classes.txt (150 wnids).
 
+    Boychev's split: per class a seeded choice of `train_per_class` train and `val_per_class` val images
+    from ImageNet's train folder (disjoint; a smaller class gives val min(val_per_class, n//2) and the rest
+    up to train_per_class to train); test is ImageNet's val folder. Each split is decoded once into
+    root/imagenet150/cache/ (lib.imagecache) and memory-mapped from then on.
+    """
     base = root / "imagenet150"
     class_file = base / "classes.txt"
     if not class_file.is_file():
@@ -265,19 +321,10 @@ def _imagenet150(root: Path, split: str):
     if missing:
         raise FileNotFoundError(f"{len(missing)} classes of {class_file} have no folder in {folder} "
                                 f"(first: {missing[0]}); check the class list or the extraction.")
-
-    class Folder(ImageFolder):
-        def find_classes(self, directory):
-            return classes, {c: i for i, c in enumerate(classes)}
-
-    tf = transforms.Compose([transforms.Resize(IMAGENET150_SIZE), transforms.CenterCrop(IMAGENET150_SIZE),
-                             transforms.ToTensor()])
-    ds = Folder(str(folder), transform=tf)
-    if split == "test":
-        return ds
-    val_index, train_index = _val_split(len(ds), VAL_FRACTION["imagenet150"])
-    return torch.utils.data.Subset(ds, (val_index if split == "val" else train_index).tolist())
-
+    part = None if split == "test" else split
+    files, labels = imagecache.class_files(folder, classes, part, train_per_class, val_per_class, VAL_SEED)
+    store = imagecache.build(files, image_size, base / "cache" / f"{split}-{image_size}")
+    return ImageTensorDataset(torch.from_numpy(store), torch.tensor(labels), classes)
 
 _LOADERS = {
     "digits": _digits,
@@ -299,12 +346,51 @@ def check_images(x: torch.Tensor, name: str = "x") -> None:
                          "belongs inside the model.")
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    """`python -m lib.data NAME` or `--profile P`: prepare a dataset; a problem is one sentence, exit 1."""
     import argparse
+    import sys
+
+    from lib import profiles
+    from lib.paths import DATA_DIR
 
     p = argparse.ArgumentParser(description="Prepare a dataset so that it loads offline.")
-    p.add_argument("name", choices=NAMES)
-    p.add_argument("--root", default="data")
+    p.add_argument("name", nargs="?", choices=NAMES)
+    p.add_argument("--profile", help="prepare this profile's dataset (with its dataset_options)")
+    p.add_argument("--root", default=str(DATA_DIR))
     p.add_argument("--download", action="store_true", help="allow torchvision to download it")
-    a = p.parse_args()
-    print(prepare(a.name, a.root, download=a.download))
+    p.add_argument("--apt", action="store_true", help="as root with apt-get: install Debian's "
+                   "dataset-fashion-mnist first if Fashion-MNIST is not there (what `make data` does)")
+    a = p.parse_args(argv)
+    try:
+        prof = profiles.load(a.profile) if a.profile else {"dataset": a.name}
+        if not prof["dataset"]:
+            raise ValueError("name a dataset or a --profile")
+        if a.apt and prof["dataset"] == "fashion_mnist":
+            _apt_install_fashion_mnist(Path(a.root))
+        print(prepare(prof["dataset"], a.root, download=a.download, **(prof.get("dataset_options") or {})))
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+        print(f"data: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _apt_install_fashion_mnist(root: Path) -> None:
+    import os
+    import subprocess
+
+    raw = root / "FashionMNIST" / "raw"
+    have = all((raw / f).is_file() for f in MNIST_FILES) or all((DEBIAN_FMNIST / f"{f}.gz").is_file()
+                                                                for f in MNIST_FILES)
+    if have or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    print("installing Debian's dataset-fashion-mnist (apt-get)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]):
+        if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+            print(f"warning: `{' '.join(cmd)}` failed; trying the other sources", flush=True)
+            return
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -44,7 +44,7 @@ class Context:
                              train_if_missing=False)
 
     def dataset(self, split: str):
-        return data.load(self.profile["dataset"], split, self.data_root)
+        return data.load_for(self.profile, split, self.data_root)
 
     def __repr__(self) -> str:
         extra = f", overrides={self.overrides}" if self.overrides else ""

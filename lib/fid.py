@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from pytorch_fid import inception as pfi
 from torch import nn
-from tqdm.auto import tqdm
 
 from lib import checkpoints, profiles
 from lib.data import check_images
+from lib.device import exact_fp32
 from lib.models import eval_mode
+from lib.progress import tqdm
 from lib.train import train
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -222,6 +223,7 @@ def distance_label(extractor) -> str:
     return "FID" if name == "inception-2048" else f"FD-{name}"
 
 
+@exact_fp32
 def activations(images, extractor, batch_size: int = 50, *, device=None, quantize: bool = True,
                 progress: bool = True) -> np.ndarray:
     """Features of every image: (N, D) float64.

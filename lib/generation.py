@@ -42,7 +42,7 @@ def generate(nets: dict, seeds: torch.Tensor, y: torch.Tensor, g: dict, *, devic
              fake_relu: bool = True) -> dict:
     """key -> images (N,C,H,W) in [0,1] on the CPU: each model maximises the class logit y from the same seeds."""
     return {key: visualize.generate_class_images(
-        net, seeds.to(device), y.to(device), eps=g["eps"], step_size=g["step_size"], iters=g["iters"],
+        net, seeds.to(device), y.to(device), eps=g["eps"], step_size=g["step_size"], steps=g["steps"],
         batch_size=g.get("batch_size"), fake_relu=fake_relu, progress=False).cpu() for key, net in nets.items()}
 
 

@@ -36,7 +36,7 @@ def invert_all(nets: dict, test, inv: dict, *, seed: int = 0, device="cpu", fake
     inverted, rel = {}, {}
     for key, net in nets.items():
         inverted[key] = visualize.invert_representation(
-            net, x_src, x_targ, eps=inv["eps"], step_size=inv["step_size"], iters=inv["iters"],
+            net, x_src, x_targ, eps=inv["eps"], step_size=inv["step_size"], steps=inv["steps"],
             batch_size=inv.get("batch_size"), fake_relu=fake_relu)
         with torch.no_grad():
             r_targ = net.features(x_targ)
@@ -106,7 +106,7 @@ def feature_vis(nets: dict, train, test, fv: dict, *, seed: int = 0, device="cpu
                  else pool[:n_seeds].repeat(nc, 1, 1, 1))
         index = coords.repeat_interleave(n_seeds).to(device)
         vis = visualize.visualize_feature(net, seeds, index, eps=fv["eps"], step_size=fv["step_size"],
-                                          iters=fv["iters"], fake_relu=fake_relu, progress=False)
+                                          steps=fv["steps"], fake_relu=fake_relu, progress=False)
         with torch.no_grad():
             start = net.features(seeds).gather(1, index[:, None]).squeeze(1).cpu().view(nc, n_seeds)
             reached = net.features(vis).gather(1, index[:, None]).squeeze(1).cpu().view(nc, n_seeds)

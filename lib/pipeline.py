@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from lib import paths, profiles, report
+from lib import paths, profiles, progress, report
 from lib.device import resolve_device
 from lib.results import environment, write_json
 
@@ -55,6 +56,7 @@ def run(profile: str, *, only: list[str] | None = None, device: str = "auto", ru
               "FIG_DIR": str(fig_dir) if fig_dir else None, "DATA_ROOT": str(data_root) if data_root else None,
               "SEED": seed, "OVERRIDES": overrides or {}}
     books = notebooks(only)
+    os.environ.update(progress.kernel_env())  # kernels inherit it: one summary line per stage, no bar refreshes
     timings = _read_timings(run_dir)
     for i, nb in enumerate(books, 1):
         log(f"[{i}/{len(books)}] {nb.stem} (profile {prof['name']}) ...", flush=True)

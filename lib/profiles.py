@@ -16,12 +16,14 @@ TRAIN_DEFAULTS = {
     "schedule": "cosine", "milestones": [], "warmup_epochs": 0, "amp": None, "augment": None,
     "train_subset": None, "ckpt_every": 200, "val_images": 1000, "mode": "standard",
     "norm": "l2", "eps": 0.0, "step_size": 0.0, "steps": 0, "lam": 0.0, "channels_last": False,
-    "compile": False, "data_on_device": False,
+    "compile": False, "data_on_device": False, "tf32": True, "select": "auto",
 }
 # A model entry with `source:` names a published checkpoint (lib/zoo.py) instead of a training recipe.
 EXTERNAL_KEYS = ("source", "path", "arch", "name", "wnids", "mean", "std")
 # Speed options that leave the trained weights' meaning unchanged: not part of a model's identity.
-RUNTIME_KEYS = ("compile", "data_on_device")
+RUNTIME_KEYS = ("compile", "data_on_device", "tf32")
+# Settings added after models were trained: left out of the hash at these values, so those models keep their folder.
+HASH_SILENT_DEFAULTS = {"select": "auto"}
 
 
 def known() -> list[str]:
@@ -68,6 +70,11 @@ def model_config(profile: dict, key: str) -> dict:
     # eval.apgd only sets notebook 01's extra APGD column (lib/robustness.py): not part of a model's identity
     ev = {k: v for k, v in profile["eval"].items() if k != "apgd"}
     cfg.update(dataset=profile["dataset"], seed=profile.get("seed", 0), eval=copy.deepcopy(ev))
+    if profile.get("dataset_options"):  # absent for most profiles, so their hashes stay as they were
+        cfg["dataset_options"] = dict(profile["dataset_options"])
+    if cfg["compile"] and cfg["mode"] == "gradnorm":
+        raise ValueError(f"model {key!r}: compile cannot be used with mode gradnorm (torch.compile has no "
+                         f"double backward); set compile: false for this model.")
     if cfg["mode"] not in ("standard", "pgd", "gradnorm"):
         raise ValueError(f"model {key!r}: mode must be standard, pgd or gradnorm, got {cfg['mode']!r}")
     if cfg["eps"] < 0 or cfg["lam"] < 0:
@@ -77,7 +84,8 @@ def model_config(profile: dict, key: str) -> dict:
 
 def config_hash(cfg: dict) -> str:
     """Short, stable hash of a config; a finished model is reused only under the same hash."""
-    ident = {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
+    ident = {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS
+             and not (k in HASH_SILENT_DEFAULTS and v == HASH_SILENT_DEFAULTS[k])}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

@@ -63,7 +63,7 @@ def model_row(profile: dict, key: str, model, run_dir, *, device="cpu", data_roo
     settings = apgd_settings(profile)
     test = None
     if meta.get("external") or settings:
-        test = data.load(profile["dataset"], "test", data_root)
+        test = data.load_for(profile, "test", data_root)
     if meta.get("external"):
         row.update(source=cfg["source"], mode="external", eps=None, lam=None)
         row.update(_cached(run_dir, key, cfg, {"test_images": ev.get("test_images"), **_threat(ev)},

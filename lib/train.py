@@ -6,7 +6,8 @@
 Randomness is a pure function of (seed, epoch, step): the batch order, the augmentation
 and the PGD start all come from generators seeded that way, so a run killed at any step and
 started again ends with bitwise the same weights, and N ranks see the same global batch as
-one process.
+one process: each rank reads (and augments) only its rows of it, and BatchNorm normalises over
+all of it (distributed.global_batchnorm). Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from lib import attacks, checkpoints, data, models, profiles
-from lib.device import resolve_device
+from lib import attacks, checkpoints, data, distributed, models, profiles
+from lib.device import allow_tf32, exact_fp32, resolve_device
 from lib.paths import DATA_DIR, RUNS_DIR
+from lib.progress import interactive, tqdm
 from lib.results import environment
 
 # ---------------------------------------------------------------- public API
@@ -47,6 +48,7 @@ def get_model(profile: dict, key: str, run_dir: str | Path, *, device="cpu", dat
                  meta_extra={"profile": profile["name"], "key": key})
 
 
+@exact_fp32
 def evaluate(model, ds, *, eps: float, step_size: float, steps: int, norm: str = "l2", batch_size: int = 256,
              max_images: int | None = None, device="cpu", seed: int = 0, progress: bool = False) -> dict:
     """Clean and PGD accuracy in percent on the first `max_images` of `ds`."""
@@ -54,7 +56,7 @@ def evaluate(model, ds, *, eps: float, step_size: float, steps: int, norm: str =
     gen = torch.Generator(device=device).manual_seed(seed)
     correct = robust = 0
     for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
-        x, y = _batch(ds, torch.arange(start, min(n, start + batch_size)), device)
+        x, y = ds.batch(torch.arange(start, min(n, start + batch_size)), device)
         with torch.no_grad(), models.eval_mode(model):
             correct += (model(x).argmax(1) == y).sum().item()
         xa = attacks.pgd(model, x, y, eps=eps, step_size=step_size, steps=steps, norm=norm, generator=gen)
@@ -66,18 +68,28 @@ def evaluate(model, ds, *, eps: float, step_size: float, steps: int, norm: str =
 def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", progress: bool = True,
           meta_extra: dict | None = None) -> models.Classifier:
     """Train one model from a `profiles.model_config` dict; resume from out_dir/state.pt if present."""
-    out_dir = Path(out_dir)
     device = resolve_device(device)
     rank, world = _dist_setup(device)
+    with allow_tf32(cfg["tf32"]):  # a speed option for training only; evaluation runs in exact fp32
+        _train(cfg, Path(out_dir), device, rank, world, data_root, progress, meta_extra)
+    if world > 1:
+        dist.barrier()
+    return checkpoints.load_model(out_dir, device)
+
+
+def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -> None:
     torch.manual_seed(cfg["seed"])
-    train_ds = data.load(cfg["dataset"], "train", data_root)
-    val_ds = data.load(cfg["dataset"], "val", data_root)
+    opts = cfg.get("dataset_options") or {}
+    train_ds = data.load(cfg["dataset"], "train", data_root, **opts)
+    val_ds = data.load(cfg["dataset"], "val", data_root, **opts)
     if cfg["train_subset"]:
         train_ds = train_ds.subset(torch.arange(min(cfg["train_subset"], len(train_ds))))
     train_ds = _place(train_ds, device, cfg["data_on_device"])
     arch = _arch(cfg, train_ds)
     model = models.build(arch["name"], arch["num_classes"], arch["in_channels"], arch["image_size"],
                          **arch["kwargs"]).to(device)
+    if world > 1:  # before the optimizer exists: the conversion makes new parameter tensors
+        distributed.global_batchnorm(model)  # statistics of the global batch, as in one process
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
@@ -116,15 +128,15 @@ def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", pro
         epoch = state["epoch"]
         order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(_seed(cfg, epoch)))
         bar = tqdm(total=steps_per_epoch, initial=state["step"], desc=f"{out_dir.name} epoch {epoch + 1}/"
-                   f"{cfg['epochs']}", disable=not progress or rank > 0, leave=False)
+                   f"{cfg['epochs']}", disable=not progress or rank > 0 or not interactive(), leave=False,
+                   unit="steps")  # not interactive: the epoch line below is the one summary line
         run_loss = run_acc = 0.0
         while state["step"] < steps_per_epoch:
             step = state["step"]
             idx = order[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
             gen = torch.Generator(device=device).manual_seed(_seed(cfg, epoch, step))
-            x, y = _batch(train_ds, idx, device)
-            x = _augment(x, cfg["augment"], gen)
-            x, y = x[rank::world], y[rank::world]  # this rank's share of the global batch
+            x, y = train_ds.batch(idx[rank::world], device)  # read only this rank's share of the global batch
+            x = _augment(x, cfg["augment"], gen, len(idx), slice(rank, None, world))
             loss, acc = _train_step(net, attack_model, x, y, cfg, opt, scaler, amp_dtype, gen, rank, world)
             sched.step()
             run_loss, run_acc = 0.9 * run_loss + 0.1 * loss, 0.9 * run_acc + 0.1 * acc
@@ -142,7 +154,7 @@ def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", pro
             val = evaluate(model, val_ds, eps=ev["eps"], step_size=ev["step_size"], steps=ev["val_steps"],
                            norm=ev["norm"], max_images=cfg["val_images"], device=device, seed=cfg["seed"])
             row.update(val_clean_acc=val["clean_acc"], val_pgd_acc=val["pgd_acc"])
-            metric = val["pgd_acc"] if cfg["mode"] == "pgd" else val["clean_acc"]
+            metric = _selection_metric(cfg, val)
             if metric > state["best_metric"]:  # selection on val, never on test
                 state["best_metric"], state["best_epoch"] = metric, epoch + 1
                 state["best"] = copy.deepcopy(model.state_dict())
@@ -158,7 +170,7 @@ def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", pro
             dist.barrier()
     if rank == 0 and not checkpoints.is_complete(out_dir):
         model.load_state_dict(state["best"])
-        test = evaluate(model, data.load(cfg["dataset"], "test", data_root), eps=ev["eps"],
+        test = evaluate(model, data.load(cfg["dataset"], "test", data_root, **opts), eps=ev["eps"],
                         step_size=ev["step_size"], steps=ev["steps"], norm=ev["norm"],
                         max_images=ev.get("test_images"), device=device, seed=cfg["seed"], progress=progress)
         meta = {**(meta_extra or {}), "config": cfg, "config_hash": profiles.config_hash(cfg), "arch": arch,
@@ -167,9 +179,6 @@ def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", pro
                 "history": state["history"], "train_seconds": state["seconds"], "world_size": world,
                 "environment": environment(device)}
         checkpoints.save_model(model, meta, out_dir)
-    if world > 1:
-        dist.barrier()
-    return checkpoints.load_model(out_dir, device)
 
 
 def accuracy_table(trained: dict, paper: dict | None = None):
@@ -220,20 +229,25 @@ def _train_step(net, model, x, y, cfg, opt, scaler, amp_dtype, gen, rank, world)
     return loss.item(), (logits.argmax(1) == y).float().mean().item()
 
 
-def _augment(x: torch.Tensor, kind: str | None, gen: torch.Generator) -> torch.Tensor:
-    """crop_flip: random 4-pixel-padded crop and horizontal flip, drawn from `gen`."""
+def _augment(x: torch.Tensor, kind: str | None, gen: torch.Generator, n_global: int | None = None,
+             share: slice = slice(None)) -> torch.Tensor:
+    """crop_flip: random 4-pixel-padded crop and horizontal flip, drawn from `gen`.
+
+    The draws are made for the `n_global` images of the global batch and their `share` applied to x,
+    so a rank that holds only its rows augments them exactly as one process would."""
     if kind is None:
         return x
     if kind != "crop_flip":
         raise ValueError(f"unknown augmentation {kind!r}; use null or crop_flip")
     n, _, h, w = x.shape
+    total = n_global or n
     pad = F.pad(x, (4, 4, 4, 4), mode="reflect")
-    dx, dy = (torch.randint(0, 9, (n,), generator=gen, device=x.device) for _ in range(2))
+    dx, dy = (torch.randint(0, 9, (total,), generator=gen, device=x.device)[share] for _ in range(2))
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     out = pad[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)
               [None, :, None, None], rows, cols]
-    flip = torch.rand(n, generator=gen, device=x.device) < 0.5
+    flip = torch.rand(total, generator=gen, device=x.device)[share] < 0.5
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
@@ -260,26 +274,34 @@ def _lr_lambda(cfg: dict, steps_per_epoch: int):
 
 # ---------------------------------------------------------------- helpers
 
-def _batch(ds, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-    if hasattr(ds, "batch"):
-        return ds.batch(idx, device)
-    items = [ds[int(i)] for i in idx]
-    return torch.stack([a for a, _ in items]).to(device), torch.tensor([b for _, b in items], device=device)
-
-
-def _place(ds, device: torch.device, on_device: bool):
-    """Keep an in-memory dataset on the GPU (small datasets), or in pinned memory for non-blocking copies."""
-    if not isinstance(ds, data.ImageTensorDataset) or device.type != "cuda":
+def _place(ds: data.ImageTensorDataset, device: torch.device, on_device: bool) -> data.ImageTensorDataset:
+    """On a GPU: the whole dataset on it (small datasets), or in pinned memory for non-blocking copies
+    (up to PIN_BYTES; a larger store, such as ImageNet-150's memory-mapped cache, stays mapped)."""
+    if device.type != "cuda":
         return ds
-    images = ds.images.to(device) if on_device else ds.images.pin_memory()
-    return data.ImageTensorDataset(images, ds.labels.to(device) if on_device else ds.labels, ds.classes)
+    if on_device:
+        return ds.to(device)
+    return ds.to(device, pin=True) if len(ds) * ds.store[0].numel() <= PIN_BYTES else ds
 
 
-def _arch(cfg: dict, ds) -> dict:
-    x, _ = ds[0]
-    classes = ds.classes if hasattr(ds, "classes") else ds.dataset.classes
-    return {"name": cfg["arch"], "num_classes": len(classes), "in_channels": x.shape[0],
-            "image_size": x.shape[-1], "kwargs": dict(cfg["arch_kwargs"])}
+PIN_BYTES = 4 << 30
+
+
+def _arch(cfg: dict, ds: data.ImageTensorDataset) -> dict:
+    c, _, size = ds.shape
+    return {"name": cfg["arch"], "num_classes": len(ds.classes), "in_channels": c,
+            "image_size": size, "kwargs": dict(cfg["arch_kwargs"])}
+
+
+def _selection_metric(cfg: dict, val: dict) -> float:
+    """Checkpoint selection on val: `select` pgd, clean, mean (of the two; Boychev's code) or auto
+    (PGD accuracy for PGD training, clean accuracy otherwise)."""
+    kind = cfg["select"] if cfg["select"] != "auto" else ("pgd" if cfg["mode"] == "pgd" else "clean")
+    if kind == "mean":
+        return 0.5 * (val["clean_acc"] + val["pgd_acc"])
+    if kind in ("pgd", "clean"):
+        return val[f"{kind}_acc"]
+    raise ValueError(f"unknown checkpoint selection {cfg['select']!r}; use auto, pgd, clean or mean")
 
 
 def _seed(cfg: dict, epoch: int, step: int = -1) -> int:

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from lib.attacks import pgd
 from lib.data import check_images
+from lib.device import exact_fp32
 from lib.models import eval_mode
+from lib.progress import tqdm
 
 SOURCES = ("image", "noise", "triple")
 MAX_SEED_DIMS = 16384  # a full covariance beyond this is too large: fit at a coarse grain instead
@@ -47,8 +48,9 @@ def relative_distance(model, x: torch.Tensor, r_targ: torch.Tensor, fake_relu: b
     return diff / r_targ.flatten(1).norm(dim=1).clamp_min(1e-12)
 
 
+@exact_fp32
 def invert_representation(model, x_src: torch.Tensor, x_targ: torch.Tensor, *, eps: float, step_size: float,
-                          iters: int, batch_size: int | None = None, fake_relu: bool = False,
+                          steps: int, batch_size: int | None = None, fake_relu: bool = False,
                           progress: bool = True) -> torch.Tensor:
     """Find x = x_src + δ whose representation matches R(x_targ): minimise the per-example relative
     distance ‖R(x) − R(x_targ)‖ / ‖R(x_targ)‖ (not one distance over the batch, as the reference code did).
@@ -65,7 +67,7 @@ def invert_representation(model, x_src: torch.Tensor, x_targ: torch.Tensor, *, e
 
     def run(idx):
         r = r_targ[idx]
-        return pgd(model, x_src[idx], None, eps=eps, step_size=step_size, steps=iters, random_start=False,
+        return pgd(model, x_src[idx], None, eps=eps, step_size=step_size, steps=steps, random_start=False,
                    loss_fn=lambda m, x, _: -relative_distance(m, x, r, fake_relu))
 
     return _chunked(run, len(x_src), batch_size, progress, "inversion")
@@ -119,7 +121,8 @@ def noise_seeds(n: int, shape, *, seed: int = 0, kind: str = "normal") -> torch.
 
 # ---------------------------------------------------------------- direct feature visualisation
 
-def visualize_feature(model, x_seed: torch.Tensor, index, *, eps: float, step_size: float, iters: int,
+@exact_fp32
+def visualize_feature(model, x_seed: torch.Tensor, index, *, eps: float, step_size: float, steps: int,
                       batch_size: int | None = None, fake_relu: bool = False, progress: bool = True) -> torch.Tensor:
     """Maximise R(x)_index from x_seed by L2 PGD (fake_relu: gradient through R's final ReLU).
 
@@ -131,7 +134,7 @@ def visualize_feature(model, x_seed: torch.Tensor, index, *, eps: float, step_si
 
     def run(rows):
         sel = idx_t[rows]
-        return pgd(model, x_seed[rows], None, eps=eps, step_size=step_size, steps=iters, random_start=False,
+        return pgd(model, x_seed[rows], None, eps=eps, step_size=step_size, steps=steps, random_start=False,
                    loss_fn=lambda m, x, _: m.features(x, fake_relu).gather(1, sel).mean(1))
 
     return _chunked(run, len(x_seed), batch_size, progress, "feature vis")
@@ -319,28 +322,29 @@ def balanced_indices(dataset, per_class: int, *, seed: int = 0) -> torch.Tensor:
     return torch.cat(out)
 
 
-def generate_class_images(model, seeds: torch.Tensor, cls, *, eps: float, step_size: float, iters: int,
+@exact_fp32
+def generate_class_images(model, seeds: torch.Tensor, target, *, eps: float, step_size: float, steps: int,
                           batch_size: int | None = None, fake_relu: bool = False,
                           progress: bool = True) -> torch.Tensor:
-    """Maximise the class logit Ψ^cls(seed + δ) by L2 PGD (fake_relu: gradient through R's final ReLU).
+    """Maximise the class logit Ψ^target(seed + δ) by L2 PGD (fake_relu: gradient through R's final ReLU).
 
-    seeds: (N,C,H,W) in [0,1]; cls: an int or an (N,) tensor of classes. Returns (N,C,H,W) in [0,1].
+    seeds: (N,C,H,W) in [0,1]; target: an int or an (N,) tensor of classes. Returns (N,C,H,W) in [0,1].
     """
     check_images(seeds, "seeds")
-    y = torch.as_tensor(cls, dtype=torch.long, device=seeds.device).expand(len(seeds)).contiguous()
+    y = torch.as_tensor(target, dtype=torch.long, device=seeds.device).expand(len(seeds)).contiguous()
 
     def run(idx):
-        return pgd(model, seeds[idx], y[idx], eps=eps, step_size=step_size, steps=iters, random_start=False,
+        return pgd(model, seeds[idx], y[idx], eps=eps, step_size=step_size, steps=steps, random_start=False,
                    loss_fn=lambda m, x, t: m.head(m.features(x, fake_relu)).gather(1, t[:, None]).squeeze(1))
 
     return _chunked(run, len(seeds), batch_size, progress, "generation")
 
 
-def class_logits(model, x: torch.Tensor, cls, *, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logit of `cls`, predicted class) per image; x: (N,C,H,W) in [0,1]. Both (N,)."""
+def class_logits(model, x: torch.Tensor, target, *, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logit of `target`, predicted class) per image; x: (N,C,H,W) in [0,1]. Both (N,)."""
     with torch.no_grad(), eval_mode(model):
         logits = _batched(model, x, batch_size)
-    y = torch.as_tensor(cls, dtype=torch.long, device=logits.device).expand(len(x))
+    y = torch.as_tensor(target, dtype=torch.long, device=logits.device).expand(len(x))
     return logits.gather(1, y[:, None]).squeeze(1), logits.argmax(1)
 
 

@@ -90,7 +90,7 @@ def load_external(cfg: dict, *, device="cpu", data_root="data") -> models.Classi
                                 "(robinterp never downloads).")
     state, norm = _layout(_read(path), source, path)
     num_classes, in_channels = _head_size(state, arch, path)
-    ds = data.load(cfg["dataset"], "test", data_root)
+    ds = data.load(cfg["dataset"], "test", data_root, **(cfg.get("dataset_options") or {}))
     size = ds[0][0].shape[-1]
     model = models.build(arch, num_classes, in_channels, size)
     _load_strict(model, state, external_names(model, arch, _style(source, arch)), path, f"a {source} {arch}")

@@ -59,5 +59,6 @@ def smoke_run(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("smoke_pipeline")
     run_dir, fig_dir = base / "run", base / "figures"
-    pipeline.run("smoke", device="cpu", run_dir=run_dir, fig_dir=fig_dir, log=lambda *a, **k: print(*a, file=sys.stderr))
+    pipeline.run("smoke", device="cpu", run_dir=run_dir, fig_dir=fig_dir,
+                 log=lambda *a, **k: print(*a, file=sys.stderr))
     return run_dir

@@ -1,5 +1,5 @@
 import gzip
-import hashlib
+import os
 import pickle
 import struct
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import data
+from lib import data, imagecache, synthetic
 
 
 def test_digits_splits_are_disjoint_fixed_and_in_range():
@@ -78,17 +78,7 @@ def test_fashion_mnist_missing_names_all_three_ways(tmp_path, monkeypatch):
 
 
 def _fake_cifar(root, n=10):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    md5 = {}
-    for name in list(data.CIFAR10_MD5):
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
-        (folder / name).write_bytes(pickle.dumps(batch))
-        md5[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
-    meta = {b"label_names": [f"c{i}".encode() for i in range(10)]}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
-    return folder, md5
+    return synthetic.cifar(root, n)
 
 
 def test_cifar10_loads_checked_files(tmp_path, monkeypatch):
@@ -120,18 +110,7 @@ def test_cifar10_real_table_rejects_fake_files_and_missing_says_where(tmp_path):
 
 
 def _fake_imagenet(root, n_classes=150, per_class=1):
-    from PIL import Image
-
-    base = root / "imagenet150"
-    wnids = [f"n{i:08d}" for i in range(n_classes)]
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for w in wnids:
-            (base / split / w).mkdir(parents=True)
-            for j in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(base / split / w / f"{j}.JPEG")
-    (base / "classes.txt").write_text("\n".join(wnids) + "\n")
-    return base, wnids
+    return synthetic.imagenet(root, per_class)
 
 
 def test_imagenet150_imagefolder_with_class_list(tmp_path):
@@ -141,7 +120,71 @@ def test_imagenet150_imagefolder_with_class_list(tmp_path):
     x, y = te[5]
     assert len(te) == 300 and x.shape == (3, 128, 128) and 0 <= x.min() and x.max() <= 1 and y == 2
     tr, va = data.load("imagenet150", "train", tmp_path), data.load("imagenet150", "val", tmp_path)
-    assert len(tr) + len(va) == 300 and len(va) > 0
+    assert len(tr) == len(va) == 150  # 2 images per class: one to val, one to train
+
+
+def test_imagenet150_paper_split_cache_and_rebuild(tmp_path, monkeypatch):
+    base, wnids = synthetic.imagenet(tmp_path, per_class=7, val_per_class=2, size=(20, 26))
+    opts = {"image_size": 16, "train_per_class": 4, "val_per_class": 2}
+    tr, va, te = (data.load("imagenet150", s, tmp_path, **opts) for s in ("train", "val", "test"))
+    # per class: 2 val and 4 train from the train folder (disjoint, seeded), test = all of the val folder
+    assert torch.equal(torch.bincount(tr.labels), torch.full((150,), 4))
+    assert torch.equal(torch.bincount(va.labels), torch.full((150,), 2)) and len(te) == 300
+    assert tr.shape == (3, 16, 16) and tr.classes == wnids and tr.labels.dtype == torch.int64
+    tr_px, va_px = {tr.store[i].numpy().tobytes() for i in range(len(tr))}, {va.store[i].numpy().tobytes()
+                                                                            for i in range(len(va))}
+    assert not tr_px & va_px
+    # rows are exactly imagecache.decode of the right files, in class order
+    files = sorted((base / "val" / wnids[3]).iterdir())
+    assert torch.equal(te.store[3 * 2 + 1], torch.from_numpy(imagecache.decode(files[1], 16)))
+    # second load: the cache is mapped, nothing is decoded; labels, batches and subsets never decode
+    monkeypatch.setattr(imagecache, "decode", lambda *a: pytest.fail("decoded again"))
+    again = data.load("imagenet150", "train", tmp_path, **opts)
+    assert torch.equal(again.store, tr.store) and torch.equal(again.labels, tr.labels)
+    sub = again.subset(torch.tensor([5, 0, 9]))
+    assert sub.store is again.store and torch.equal(sub.batch(torch.arange(3))[0], again.batch([5, 0, 9])[0])
+    monkeypatch.undo()
+    # a changed source file rebuilds the cache, and the old cache file goes
+    old = set((base / "cache").glob("test-16-*.npy"))
+    from PIL import Image
+
+    Image.fromarray(np.full((20, 26, 3), 200, np.uint8)).save(files[1])
+    os.utime(files[1], ns=(1, 1))
+    te2 = data.load("imagenet150", "test", tmp_path, **opts)
+    assert set((base / "cache").glob("test-16-*.npy")).isdisjoint(old)
+    assert (te2.store[3 * 2 + 1].float() - 200).abs().max() <= 3  # JPEG of a flat colour
+
+
+def test_imagenet150_options_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="has no options .*image_size.*its options: none"):
+        data.load("digits", "test", image_size=16)
+    with pytest.raises(ValueError, match="imagenet150.* has no options .*imgsize"):
+        data.load("imagenet150", "test", tmp_path, imgsize=16)
+
+
+def _formats(tmp_path, monkeypatch):
+    """One loaded test split per on-disk format."""
+    _fake_mnist_dir(tmp_path / "FashionMNIST" / "raw", gz=False)
+    _, md5 = synthetic.cifar(tmp_path)
+    monkeypatch.setattr(data, "CIFAR10_MD5", md5)
+    synthetic.imagenet(tmp_path, per_class=2, size=(12, 12))
+    return {"digits": data.load("digits", "test"), "fashion_mnist": data.load("fashion_mnist", "test", tmp_path),
+            "cifar10": data.load("cifar10", "test", tmp_path),
+            "imagenet150": data.load("imagenet150", "test", tmp_path, image_size=8)}
+
+
+def test_every_format_has_the_same_interface(tmp_path, monkeypatch):
+    for name, ds in _formats(tmp_path, monkeypatch).items():
+        assert isinstance(ds, data.ImageTensorDataset), name
+        n, (c, h, w) = len(ds), ds.shape
+        assert ds.labels.shape == (n,) and ds.labels.dtype == torch.int64 and ds.labels.max() < len(ds.classes)
+        assert all(isinstance(k, str) for k in ds.classes)
+        x, y = ds.batch(torch.tensor([n - 1, 0]))
+        assert x.shape == (2, c, h, w) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+        assert torch.equal(x[1], ds[0][0]) and int(y[0]) == ds[n - 1][1] == int(ds.labels[n - 1])
+        sub = ds.subset([n - 1, 0])
+        assert isinstance(sub, data.ImageTensorDataset) and torch.equal(sub.batch([0, 1])[0], x)
+        assert torch.equal(sub.labels, y) and sub.classes == ds.classes and sub.shape == ds.shape
 
 
 def test_imagenet150_wrong_class_list(tmp_path):
@@ -162,3 +205,31 @@ def test_check_images():
         data.check_images(torch.full((1, 1, 2, 2), float("nan")))
     with pytest.raises(TypeError):
         data.check_images(torch.zeros(1, 1, 2, 2, dtype=torch.uint8))
+
+
+def test_cifar10_format_data_with_its_own_checksums(tmp_path):
+    folder, md5 = _fake_cifar(tmp_path)
+    assert len(data.load("cifar10", "test", tmp_path, checksums=md5)) == 10  # a profile's dataset_options
+    with pytest.raises(ValueError, match="exactly data_batch_1"):
+        data.load("cifar10", "test", tmp_path, checksums={"test_batch": md5["test_batch"]})
+    with open(folder / "test_batch", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="test_batch fails its MD5 check"):
+        data.load("cifar10", "test", tmp_path, checksums=md5)
+
+
+def test_fresh_machine_without_data_is_one_sentence_not_a_traceback(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    import torchvision.datasets
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(data, "DEBIAN_FMNIST", tmp_path / "nowhere")
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # not root: no apt-get
+    assert data.main(["fashion_mnist", "--root", str(tmp_path), "--download", "--apt"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.count("\n") == 0 and "the download failed: URLError" in err
+    assert "FashionMNIST/raw" in err and "apt-get install dataset-fashion-mnist" in err and "--download" in err

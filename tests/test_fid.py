@@ -247,7 +247,7 @@ def test_fd_study_measures_every_set_in_every_space():
         torch.manual_seed(1)
         nets = {k: models.build("small_cnn", 10, 1, 8, width=4).eval() for k in ("standard", "robust")}
         spaces = {"a": _domain_net(), "b": models.build("small_cnn", 10, 1, 8, width=2).eval()}
-    g = {"grain": 4, "shrinkage": 0.01, "seeds_from": "test", "eps": 1.0, "step_size": 0.2, "iters": 2}
+    g = {"grain": 4, "shrinkage": 0.01, "seeds_from": "test", "eps": 1.0, "step_size": 0.2, "steps": 2}
     fsec = {"seeds": [0], "per_class": 3}
     study = generation.fd_study(nets, spaces, train, test, fsec, g, batch_size=200)
     assert study.sets == ["real", "seeds", "standard", "robust"] and study.n_per_set == 30

@@ -71,15 +71,15 @@ def test_inversion_lowers_representation_distance_per_example(net, digits):
     with torch.no_grad():
         r = net.features(targ)
         before = V.relative_distance(net, src, r)
-    inv = V.invert_representation(net, src, targ, eps=100.0, step_size=0.05, iters=150, progress=False)
+    inv = V.invert_representation(net, src, targ, eps=100.0, step_size=0.05, steps=150, progress=False)
     with torch.no_grad():
         after = V.relative_distance(net, inv, r)
     assert (after < 0.5 * before).all(), (before, after)
     assert inv.min() >= 0 and inv.max() <= 1 and net.training
     # per-example objective: one example's result does not depend on the rest of the batch
-    alone = V.invert_representation(net, src[2:3], targ[2:3], eps=100.0, step_size=0.05, iters=150, progress=False)
+    alone = V.invert_representation(net, src[2:3], targ[2:3], eps=100.0, step_size=0.05, steps=150, progress=False)
     torch.testing.assert_close(alone, inv[2:3], atol=1e-5, rtol=0)
-    chunked = V.invert_representation(net, src, targ, eps=100.0, step_size=0.05, iters=150, batch_size=4,
+    chunked = V.invert_representation(net, src, targ, eps=100.0, step_size=0.05, steps=150, batch_size=4,
                                       progress=False)
     torch.testing.assert_close(chunked, inv, atol=1e-5, rtol=0)
 
@@ -88,11 +88,11 @@ def test_generation_raises_target_logit(net, digits):
     train, _ = digits
     seeds = V.class_seeds(train, 3, 8, seed=0)
     before, _ = V.class_logits(net, seeds, 3)
-    gen = V.generate_class_images(net, seeds, 3, eps=4.0, step_size=0.2, iters=30, progress=False)
+    gen = V.generate_class_images(net, seeds, 3, eps=4.0, step_size=0.2, steps=30, progress=False)
     after, _ = V.class_logits(net, gen, 3)
     assert (after > before).all() and (after - before).mean() > 0.05, (before, after)
     assert (gen - seeds).flatten(1).norm(dim=1).max() <= 4.0 + 1e-4  # stays in the ε-ball
-    per_example = V.generate_class_images(net, seeds, torch.full((8,), 3), eps=4.0, step_size=0.2, iters=30,
+    per_example = V.generate_class_images(net, seeds, torch.full((8,), 3), eps=4.0, step_size=0.2, steps=30,
                                           progress=False)
     torch.testing.assert_close(per_example, gen)
 
@@ -102,7 +102,7 @@ def test_visualize_feature_raises_the_coordinate(net):
     with torch.no_grad():
         f0 = net.features(seed)
     live = f0.min(0).values.argsort(descending=True)[:4].tolist()  # units active at every seed (ReLU)
-    kw = dict(eps=100.0, step_size=0.1, iters=40, progress=False)
+    kw = dict(eps=100.0, step_size=0.1, steps=40, progress=False)
     one = V.visualize_feature(net, seed, live[0], **kw)
     group = V.visualize_feature(net, seed, live[1:], **kw)
     per = V.visualize_feature(net, seed, torch.tensor([live[1], live[2], live[3], live[0]]), **kw)
@@ -111,7 +111,7 @@ def test_visualize_feature_raises_the_coordinate(net):
         assert (net.features(group)[:, live[1:]].mean(1) > f0[:, live[1:]].mean(1) + 0.1).all()
         torch.testing.assert_close(per[3], one[3])
     with pytest.raises(ValueError, match="index"):
-        V.visualize_feature(net, seed, [], eps=1.0, step_size=0.1, iters=1, progress=False)
+        V.visualize_feature(net, seed, [], eps=1.0, step_size=0.1, steps=1, progress=False)
 
 
 def test_top_activating_matches_brute_force(net, digits):
@@ -228,7 +228,7 @@ def test_fake_relu_moves_a_unit_that_is_dead_at_the_seed(net):
         f0 = net.features(seed)
     dead = int(f0.max(0).values.argmin())
     assert (f0[:, dead] == 0).all()
-    kw = dict(eps=100.0, step_size=0.1, iters=40, progress=False)
+    kw = dict(eps=100.0, step_size=0.1, steps=40, progress=False)
     plain = V.visualize_feature(net, seed, dead, **kw)
     fake = V.visualize_feature(net, seed, dead, fake_relu=True, **kw)
     with torch.no_grad():
@@ -253,7 +253,7 @@ def test_inversion_study_reports_both_statistics(net, digits):
     with torch.random.fork_rng():
         torch.manual_seed(3)
         other = models.build("small_cnn", 10, 1, 8, width=4)
-    inv = {"n": 2, "source": "triple", "eps": 10.0, "step_size": 0.1, "iters": 5}
+    inv = {"n": 2, "source": "triple", "eps": 10.0, "step_size": 0.1, "steps": 5}
     res = inversion.invert_all({"standard": net, "robust": other}, test, inv)
     assert res.group == 3 and len(res.x_targ) == 6 and set(res.inverted) == {"standard", "robust"}
     dist = inversion.feature_distances(res, other)
