@@ -248,8 +248,9 @@ def _mnist_like(cls_name: str):
 
 # ---------------------------------------------------------------- CIFAR-10 (torchvision layout)
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB blocks (dataset MD5s, weight and checkpoint SHA-256s)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -276,7 +277,7 @@ def _cifar10(root: Path, download: bool, checksums: dict | None = None):
         path = folder / fname
         if not path.is_file():
             raise FileNotFoundError(f"CIFAR-10 file {path} is missing: extract {CIFAR10_URL} into {root} again.")
-        if _md5(path) != md5:
+        if file_digest(path, "md5") != md5:
             raise ValueError(f"CIFAR-10 file {path} fails its MD5 check (corrupt or not the official "
                              f"file): delete {folder} and extract {CIFAR10_URL} again.")
     meta = _unpickle(folder / "batches.meta") if (folder / "batches.meta").is_file() else {}

@@ -10,7 +10,6 @@ robust-trained domain classifier): a conclusion about generated images holds onl
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from pytorch_fid import inception as pfi
 from torch import nn
 
 from lib import checkpoints, profiles
-from lib.data import check_images
+from lib.data import check_images, file_digest
 from lib.device import exact_fp32
 from lib.models import eval_mode
 from lib.progress import tqdm
@@ -111,20 +110,12 @@ def _load_weights(path: Path, sha256: str) -> dict:
             f"FID Inception weights not found at {path}: download {FID_WEIGHTS_FILE} from {fid_weights_url()} "
             f"on a machine with network access and put it at {default_weights_path()} (the torch hub cache) "
             f"or pass its path as `weights`.")
-    digest = sha256_file(path)
+    digest = file_digest(path)
     if digest != sha256.lower():
         raise ValueError(f"{path} has SHA-256 {digest}, expected {sha256}: it is not the FID Inception file "
                          f"{FID_WEIGHTS_FILE} (corrupt or different); delete it and download "
                          f"{fid_weights_url()} again.")
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- domain extractor (small grayscale data)

@@ -13,7 +13,6 @@ used and have the right shape. Nothing is downloaded: a missing file says where 
 from __future__ import annotations
 
 import collections
-import hashlib
 import re
 from pathlib import Path
 
@@ -102,7 +101,7 @@ def load_external(cfg: dict, *, device="cpu", data_root="data") -> models.Classi
         raise CheckpointError(f"{path} has {num_classes} outputs but dataset {cfg['dataset']!r} has "
                               f"{len(ds.classes)} classes; for a 1000-class ImageNet model give `wnids:` (a file "
                               "listing the 1000 ImageNet class ids in output order, e.g. LOC_synset_mapping.txt).")
-    model.meta = {"config": cfg, "config_hash": profiles.config_hash(cfg), "sha256": _sha256(path),
+    model.meta = {"config": cfg, "config_hash": profiles.config_hash(cfg), "sha256": data.file_digest(path),
                   "arch": {"name": arch, "num_classes": model.head.out_features, "in_channels": in_channels,
                            "image_size": size, "kwargs": {}}, "external": True}
     return model.to(device).eval()
@@ -271,14 +270,6 @@ def _restrict_head(model: models.Classifier, wnid_file: Path, classes: list[str]
 def _resolve(path) -> Path:
     path = Path(path)
     return path if path.is_absolute() else ROOT / path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_entry(entry: dict, where: str = "this model") -> dict:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib import attacks, boundary, models
 from lib import attribution_metrics as M
 from lib import attributions as A
+from lib import boundary, models
 
 
 @pytest.fixture(scope="module")
@@ -152,22 +152,7 @@ def test_deeplift_runs_on_every_model(arch):
     assert torch.isfinite(bdt).all()
 
 
-# ---------------------------------------------------------------- boundary search and boundary attributions
-
-def test_boundary_points_cross_and_lie_within_their_eps(setup):
-    model, x, t, _ = setup
-    b = boundary.boundary_search(model, x, t, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10)
-    assert b.success.float().mean() > 0.9
-    ok = b.success
-    pred = A.logits(model, b.points[ok]).argmax(1)
-    assert (pred != t[ok]).all()
-    dist = (b.points[ok] - x[ok]).flatten(1).norm(dim=1)
-    assert torch.allclose(dist, b.distance[ok], atol=1e-5)
-    assert (dist <= b.eps[ok] + 1e-5).all()
-    assert b.points[ok].min() >= 0 and b.points[ok].max() <= 1
-    unrefined = boundary.boundary_search(model, x, t, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10, refine_steps=0)
-    assert (b.distance[ok] <= unrefined.distance[ok] + 1e-6).all()
-
+# ------------------------------------------------- boundary attributions (the search itself: test_boundary.py)
 
 def test_boundary_failures_are_marked_and_never_used(setup):
     model, x, t, _ = setup
@@ -179,28 +164,6 @@ def test_boundary_failures_are_marked_and_never_used(setup):
         phi = fn(model, x, t, b)
         assert phi[fail].isnan().all() and not phi[~fail].isnan().any()
     assert boundary.boundary_stats(b)["success_rate"] == pytest.approx(b.success.float().mean().item())
-
-
-def test_boundary_search_uses_absolute_steps_and_keeps_smallest_eps(setup, monkeypatch):
-    model, x, t, _ = setup
-    calls, pgd = [], attacks.pgd
-
-    def spy(*args, **kw):
-        calls.append((kw["eps"], kw["step_size"], kw["steps"], len(args[1])))
-        return pgd(*args, **kw)
-
-    monkeypatch.setattr(attacks, "pgd", spy)
-    eps_list = [0.05, 0.2, 0.8, 3.2]
-    b = boundary.boundary_search(model, x, t, eps_list=eps_list, steps=8, refine_steps=0)
-    for eps, step, steps, _ in calls:
-        assert step == pytest.approx(2.5 * eps / 8) and steps == 8
-    assert [c[3] for c in calls] == sorted((c[3] for c in calls), reverse=True)  # only images not yet crossed
-    for i, e in enumerate(eps_list[1:], 1):  # anything kept at ε_i did not cross at ε_{i−1}
-        rows = (b.eps == e).nonzero().flatten()
-        if len(rows):
-            prev = pgd(model, x[rows], t[rows], eps=eps_list[i - 1], step_size=2.5 * eps_list[i - 1] / 8, steps=8,
-                       random_start=False)
-            assert (A.logits(model, prev).argmax(1) == t[rows]).all()
 
 
 def test_big_is_complete_relative_to_boundary(setup):

@@ -9,7 +9,7 @@ import torch
 from pytorch_fid import inception as pfi
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from lib import fid, models
+from lib import data, fid, models
 
 
 def _stats(rng, n, d, shift=0.0, scale=1.0):
@@ -81,7 +81,7 @@ def _standin_state(seed=0) -> dict:
 def standin(tmp_path_factory):
     path = tmp_path_factory.mktemp("inception") / fid.FID_WEIGHTS_FILE
     torch.save(_standin_state(), path)
-    return path, fid.sha256_file(path)
+    return path, data.file_digest(path)
 
 
 def test_inception_with_standin_weights(standin):
