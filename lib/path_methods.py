@@ -21,10 +21,10 @@ from lib.models import eval_mode, unwrap
 RULES = ("trapezoid", "gausslegendre")
 OUTPUTS = ("logit", "softmax")
 GAUSSIAN_BASELINE_STD = 0.25  # "gaussian" baseline: clamp(x + N(0, 0.25²), 0, 1)
-# Activation memory one forward+backward pass may hold: 1 GiB on a CPU (small_cnn 28×28: ~2900 points; on the 2-core
-# reference machine one pass of 1600 points beat 2 of 800 and 10 of 160, benchmarks/README.md), a quarter of the
-# free memory on a GPU.
-CPU_BUDGET_BYTES, GPU_BUDGET_FRACTION, MAX_POINTS = 2**30, 0.25, 4096
+# Activation memory one forward+backward pass may hold: 128 MiB on a CPU (small_cnn 28×28: ~370 points; on the quiet
+# 2-core reference machine passes of 80–735 points all cost the same and passes of ≥ 1600 points twice as much, as
+# the working set leaves the caches; benchmarks/README.md), a quarter of the free memory on a GPU.
+CPU_BUDGET_BYTES, GPU_BUDGET_FRACTION, MAX_POINTS = 2**27, 0.25, 4096
 
 
 # ---------------------------------------------------------------- batching and gradients
