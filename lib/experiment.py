@@ -18,8 +18,8 @@ class Context:
 
     def __init__(self, profile: str, device: str = "auto", run_dir: str | None = None, fig_dir: str | None = None,
                  data_root: str | None = None, seed: int = 0, overrides: dict | str | None = None):
-        self.profile = profiles.load(profile, overrides)
         self.overrides = profiles.parse_overrides(overrides)
+        self.profile = profiles.load(profile, self.overrides)
         self.name = self.profile["name"]
         self.run_dir, self.fig_dir = run_dirs(self.name, run_dir, fig_dir)
         self.data_root = Path(data_root) if data_root else DATA_DIR

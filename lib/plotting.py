@@ -127,34 +127,19 @@ def alignment_vs_robustness(sweep: list, model: list, alpha: list, alpha_err: li
     return fig
 
 
-def alignment_scatter(alpha, rho_lin, group, groups: list):
-    """Per-sample α against ρ̃, one colour per model; the dashed line is α = ρ̃ (exact for binary linear models)."""
-    return _diagonal_scatter(rho_lin, alpha, group, groups, "linearized robustness ρ̃(x)", "alignment α(x)", log=False)
-
-
 def linearization_quality(rho_lin, rho_emp, group, groups: list):
-    """ρ̃ against the empirical ρ from the minimum-norm attack, per sample; dashed: ρ̃ = ρ."""
-    return _diagonal_scatter(rho_emp, rho_lin, group, groups, "empirical robustness ρ(x) (min-norm attack)",
-                             "linearized robustness ρ̃(x)", log=True)
-
-
-def _diagonal_scatter(x, y, group, groups: list, xlabel: str, ylabel: str, *, log: bool):
-    """Per-sample scatter, one colour per group, with the identity line over the finite (positive if log) range."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y) & ((x > 0) & (y > 0) if log else True)
+    """ρ̃ against the empirical ρ from the minimum-norm attack, per sample, log-log; dashed: ρ̃ = ρ."""
+    x, y = np.asarray(rho_emp, dtype=float), np.asarray(rho_lin, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     for name, m in _groups(group, groups):
         ax.scatter(x[m & ok], y[m & ok], s=5, alpha=0.45, label=name)
     both = np.concatenate([x[ok], y[ok]])
-    lo, hi = (float(both.min()) if log else 0.0), float(both.max())
-    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    if log:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    else:
-        ax.set_xlim(0, None)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.plot([both.min(), both.max()], [both.min(), both.max()], "k--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("empirical robustness ρ(x) (min-norm attack)")
+    ax.set_ylabel("linearized robustness ρ̃(x)")
     ax.legend(markerscale=3, fontsize=7)
     fig.tight_layout()
     return fig
@@ -278,23 +263,6 @@ def distance_strip(model: list, values, ylabel: str, paper: list | None = None):
         ax.scatter(range(len(model)), paper, marker="_", s=400, color="red", zorder=5, label="paper (mean)")
         ax.legend(fontsize=7)
     ax.set_xlabel("")
-    fig.tight_layout()
-    return fig
-
-
-def fd_bars(name: list, mean: list, std: list, label: str, paper: list | None = None):
-    """FID/FD per image set (real, standard, robust): mean ± std over seeds; paper values as red ticks."""
-
-    pos = np.arange(len(name))
-    fig, ax = plt.subplots(figsize=(1.2 * len(name) + 1.8, 3.2))
-    ax.bar(pos, mean, yerr=std, capsize=4, color=sns.color_palette()[: len(name)])
-    if paper is not None:
-        ok = [i for i, v in enumerate(paper) if v is not None]
-        ax.scatter(pos[ok], np.asarray(paper, dtype=float)[ok], marker="_", s=500, color="red", zorder=5,
-                   label="paper")
-        ax.legend(fontsize=7)
-    ax.set_xticks(pos, name)
-    ax.set_ylabel(label)
     fig.tight_layout()
     return fig
 

@@ -181,22 +181,6 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
         checkpoints.save_model(model, meta, out_dir)
 
 
-def accuracy_table(trained: dict, paper: dict | None = None):
-    """One row per model: mode, strength, test clean/PGD accuracy, and the paper's numbers if given."""
-    import pandas as pd
-
-    rows = []
-    for key, model in trained.items():
-        cfg, m = model.meta["config"], model.meta["metrics"]
-        row = {"model": key, "mode": cfg["mode"], "eps": cfg["eps"] if cfg["mode"] == "pgd" else None,
-               "lam": cfg["lam"] if cfg["mode"] == "gradnorm" else None, "clean_acc": m["clean_acc"],
-               "pgd_acc": m["pgd_acc"], "best_epoch": m["best_epoch"], "train_min": model.meta["train_seconds"] / 60}
-        if paper and key in paper:
-            row.update(paper_clean_acc=paper[key]["clean_acc"], paper_pgd_acc=paper[key]["pgd_acc"])
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 # ---------------------------------------------------------------- one step
 
 def _train_step(net, model, x, y, cfg, opt, scaler, amp_dtype, gen, rank, world):
