@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lib import attacks, data, models, profiles, train
+from lib import attacks, data, models, profiles, stats, train
 from lib.results import write_json
 
 
@@ -142,3 +142,27 @@ def summary(rows: list, ev: dict) -> dict:
                 for q, d in per_unit.items() if any(v is not None for v in d.values())}
     table = {r["unit"]: {k: v for k, v in r.items() if k not in ("correct", "apgd_correct")} for r in rows}
     return {"units": table, "per_unit": per_unit, "eval": ev}
+
+
+def mean_image_norm(ds, max_images: int | None = None) -> float:
+    """Mean L2 norm of the first `max_images` images of `ds` (pixels in [0, 1]): the scale ε is read against."""
+    n = len(ds) if max_images is None else min(len(ds), max_images)
+    x, _ = ds.batch(torch.arange(n), "cpu")
+    return float(x.flatten(1).norm(dim=1).mean())
+
+
+def recipe_table(metrics: dict, seed: int = 0):
+    """Per recipe: mean [95 % interval] over its training seeds and test images (lib.stats.hierarchical) of clean,
+    PGD and APGD accuracy, and every seed's selected epoch."""
+    import pandas as pd
+
+    cols = {}
+    for q, per in metrics["per_unit"].items():
+        table = stats.hierarchical(per, seed=seed).table()
+        cols[q] = {r: f"{v['mean']:.1f} [{v['lo']:.1f}, {v['hi']:.1f}]" for r, v in table.items()}
+        cols["seeds"] = {r: v["seeds"] for r, v in table.items()}
+    epochs: dict = {}
+    for u, row in metrics["units"].items():
+        epochs.setdefault(row["model"], []).append(row.get("best_epoch"))
+    cols["selected epochs"] = {r: ", ".join(str(e) for e in v) for r, v in epochs.items()}
+    return pd.DataFrame(cols)

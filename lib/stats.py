@@ -13,6 +13,7 @@ Pure numpy/scipy; imports nothing from lib.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -110,8 +111,7 @@ def hierarchical(per_unit: dict, *, n_boot: int = N_BOOT, level: float = LEVEL, 
     filled = np.where(finite, m, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         unit_point = filled.sum(1) / finite.sum(1)
-        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]) if n else \
-            np.zeros((n_boot, 0))
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) if n else np.zeros((n_boot, 0))
         unit_boot = (filled @ counts.T) / (finite @ counts.T)          # (units, n_boot)
     groups: dict[str, list[int]] = {}
     for i, u in enumerate(units):
@@ -153,13 +153,11 @@ def trend_test(unit_values: dict[str, float], strength: dict[str, float], *, dir
     denom = math.sqrt(np.count_nonzero(sx) * np.count_nonzero(sy))   # τ_b: invariant under permuting x
     observed = float(sx @ sy)
     exact = math.factorial(len(us)) <= 40320
-    if exact:
-        perms = np.array(list(itertools.permutations(range(len(us)))))
-    else:
-        rng = np.random.default_rng(seed)
-        perms = np.argsort(rng.random((n_perm, len(us))), axis=1)
-    xp = x[perms]
-    stat = np.sign(xp[:, i] - xp[:, j]) @ sy
+    perms = _permutations(len(us), n_perm, seed, exact)
+    stat = np.zeros(len(perms))
+    for start in range(0, len(perms), 2000):   # bounded memory: (2000, pairs) at a time
+        xp = x[perms[start:start + 2000]]
+        stat[start:start + 2000] = np.sign(xp[:, i] - xp[:, j]) @ sy
     d = 1 if direction >= 0 else -1
     eps = 1e-9 * max(1.0, abs(observed))
     hi = np.count_nonzero(d * stat >= d * observed - eps)
@@ -167,6 +165,13 @@ def trend_test(unit_values: dict[str, float], strength: dict[str, float], *, dir
     total = len(perms)
     p, p_rev = (hi / total, lo / total) if exact else ((hi + 1) / (total + 1), (lo + 1) / (total + 1))
     return {"tau": observed / denom, "p": float(p), "p_reverse": float(p_rev), "units": len(us), "exact": exact}
+
+
+@functools.lru_cache(maxsize=16)
+def _permutations(n: int, n_perm: int, seed: int, exact: bool) -> np.ndarray:
+    if exact:
+        return np.array(list(itertools.permutations(range(n))))
+    return np.argsort(np.random.default_rng(seed).random((n_perm, n)), axis=1)
 
 
 def min_p(n_units_per_recipe: list[int]) -> float:
