@@ -33,7 +33,8 @@ def describe(summary: dict, profile: dict) -> dict[str, str]:
     epochs = {u: r.get("best_epoch") for u, r in units.items() if r.get("best_epoch") is not None}
     apgd = ev.get("apgd") or {}
     out = {
-        "data": f"{profile['dataset']}: training on the first {tr.get('train_subset') or 'all'} train images, "
+        "data": f"{profile['dataset']}: training on "
+                f"{'the first %s' % tr['train_subset'] if tr.get('train_subset') else 'all'} train images, "
                 f"{tr.get('val_images')} validation images for selection, {ev.get('test_images')} test images for "
                 f"accuracy; notebooks 02–06 draw their own seeded test images (n in each row)",
         "training": f"{tr['epochs']} epochs, batch {tr['batch_size']}, SGD lr {tr['lr']:g} ({tr['schedule']}), "
