@@ -237,7 +237,7 @@ METHODS = ("saliency", "smoothgrad", "ig", "eg", "shap", "deeplift", "agi", "big
 BOUNDARY_METHODS = ("big", "bsm", "bsg", "bdt")
 # The settings `explain` uses for whatever a profile's `attributions` section leaves out: each method's own
 # defaults (IG from a black baseline, 1 trial, the logit), and for the boundary methods Wang et al.'s search
-# (their CIFAR-10 ε list in pixel L2, 36/255 ... 1.1, 40 CE-PGD steps; `lib.boundary.WANG`).
+# (their default ε list 36/255 ... 1.1, here in pixel L2 units, 40 CE-PGD steps; `lib.boundary.WANG`).
 DEFAULTS = {
     "methods": list(METHODS),
     "sweep_methods": None,   # None: `methods`
