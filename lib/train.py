@@ -37,8 +37,8 @@ def get_model(profile: dict, key: str, run_dir: str | Path, *, device="cpu", dat
               train_if_missing: bool = True, progress: bool = True) -> models.Classifier:
     """Model `key` of `profile`: loaded if a finished run with the same config exists, else trained."""
     out_dir = profiles.model_dir(run_dir, profile, key)
-    if checkpoints.is_complete(out_dir):
-        return checkpoints.load_model(out_dir, device)
+    if checkpoints.is_complete(out_dir):  # verified: weights' SHA-256, folder and profile config hashes
+        return checkpoints.load_model(out_dir, device, config=profiles.model_config(profile, key))
     if not train_if_missing:
         raise FileNotFoundError(f"model {key!r} of profile {profile['name']!r} is not trained yet ({out_dir}): "
                                 f"run notebook 01 or `python -m lib.train --profile {profile['name']} "
@@ -74,7 +74,7 @@ def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", pro
         _train(cfg, Path(out_dir), device, rank, world, data_root, progress, meta_extra)
     if world > 1:
         dist.barrier()
-    return checkpoints.load_model(out_dir, device)
+    return checkpoints.load_model(out_dir, device, config=cfg)
 
 
 def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -> None:
