@@ -62,7 +62,10 @@ def model_config(profile: dict, key: str) -> dict:
         if unknown or not entry.get("path"):
             raise ValueError(f"model {key!r} of profile {profile['name']!r} names an external checkpoint: it "
                              f"needs `path:` and takes only {', '.join(EXTERNAL_KEYS)} (unknown: {sorted(unknown)})")
-        return {**entry, "dataset": profile["dataset"]}
+        ext = {**entry, "dataset": profile["dataset"]}
+        if profile.get("dataset_options"):  # zoo.load_external reads them (image size, split sizes)
+            ext["dataset_options"] = dict(profile["dataset_options"])
+        return ext
     cfg = {**TRAIN_DEFAULTS, **profile.get("train", {}), **entry}
     unknown = set(cfg) - set(TRAIN_DEFAULTS) - {"arch", "arch_kwargs"}
     if unknown:
