@@ -88,7 +88,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, config: 
     meta = read_meta(out_dir)
     arch = meta.get("arch")
     if not isinstance(arch, dict) or "name" not in arch:
-        raise CheckpointError(f"{out_dir / META_FILE} has no `arch` entry: not a robinterp model.")
+        raise CheckpointError(f"{out_dir / META_FILE} has no `arch` entry: not a robinterp model; {RETRAIN}.")
     model = models.build(arch["name"], arch["num_classes"], arch["in_channels"], arch["image_size"],
                          **arch.get("kwargs", {}))
     weights = out_dir / MODEL_FILE

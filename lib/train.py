@@ -17,6 +17,7 @@ import copy
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -323,7 +324,23 @@ def _dist_setup(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    """A user error (bad profile or knob, missing data, corrupt checkpoint, divergence) is one sentence on stderr
+    and exit code 1; Ctrl-C is one line saying that rerunning resumes."""
+    try:
+        return _main(argv)
+    except (ValueError, OSError, FloatingPointError) as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("train: interrupted; rerun the same command to resume from the last checkpoint.", file=sys.stderr)
+        return 130
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _main(argv) -> int:
     p = argparse.ArgumentParser(description="Train (or resume) one model of a profile.")
     p.add_argument("--profile", required=True, help="profile name or path to a YAML file")
     p.add_argument("--model", required=True, help="model key of the profile, e.g. standard or robust")
@@ -339,9 +356,8 @@ def main(argv=None) -> None:
         m = model.meta["metrics"]
         print(f"{a.model}: clean {m['clean_acc']:.2f}%  PGD {m['pgd_acc']:.2f}%  -> "
               f"{profiles.model_dir(run_dir, prof, a.model)}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
