@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 
 from lib.boundary import Linearized, boundary_search, cosine, dot, linearize, logit_grad, norm
+from lib.checkpoints import check_finite
 from lib.data import check_images
 from lib.device import exact_fp32
 from lib.models import eval_mode
@@ -153,6 +154,8 @@ def measure(model, x: torch.Tensor, *, labels: torch.Tensor | None = None, batch
     rows = []
     for start in tqdm(range(0, len(x), batch_size), desc="alignment", disable=not progress):
         xb = x[start:start + batch_size]
+        with torch.no_grad(), eval_mode(model):  # a NaN from the model is an error naming it, not a null metric
+            check_finite(model(xb), "logits in alignment.measure", model)
         lin = linearize(model, xb, chunk=chunk)
         bt = bound_terms(model, xb, lin=lin)
         found = boundary_search(model, xb, lin.pred, lin=lin, chunk=chunk, **search)

@@ -35,14 +35,15 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps,
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
     eps_t = _per_example(eps, x, "eps")
-    if (eps_t < 0).any():
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    step_t = _per_example(step_size, x, "step_size")
+    for name, value, t in (("eps", eps, eps_t), ("step_size", step_size, step_t)):
+        if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):  # NaN < 0 is False: test finiteness first
+            raise ValueError(f"pgd: {name} must be a finite number >= 0, got {value}")
+    if not hasattr(steps, "__index__") or steps < 0:
+        raise ValueError(f"pgd: steps must be an integer >= 0, got {steps!r}")
     check_images(x)
     if not torch.is_tensor(eps) and eps == 0:
         return x.detach().clone()
-    step_t = _per_example(step_size, x, "step_size")
     if loss_fn is None:
         loss_fn = _neg_ce if targeted else _ce
     x = x.detach()

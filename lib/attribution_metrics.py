@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lib.attributions import Explanations, completeness_gap, ig_options
+from lib.attributions import BOUNDARY_METHODS, Explanations, completeness_gap, ig_options
 from lib.boundary import check_target
+from lib.checkpoints import check_finite
 
 CONCENTRATION = {"measure": "region10", "method": "ig"}  # the deciding measure and method (see above)
 REGION_GRID, REGION_FRAC = 8, 0.10
@@ -96,6 +97,8 @@ def per_image_metrics(model: torch.nn.Module, x: torch.Tensor, target: torch.Ten
     frac, thr = cfg.get("top_frac", 0.05), cfg.get("object_threshold")
     out = {}
     for name, phi in exp.maps.items():
+        if name not in BOUNDARY_METHODS:  # only boundary methods have NaN rows (no boundary point found)
+            check_finite(phi, f"{name} attributions", model)
         row = {"region10": region_mass(phi), "gini": gini(phi), "top5": top_mass(phi, frac),
                "coherence": coherence(phi), "positive": positive_share(phi)}
         if thr is not None:
@@ -107,7 +110,7 @@ def per_image_metrics(model: torch.nn.Module, x: torch.Tensor, target: torch.Ten
                 opts["baseline"] = torch.where(ok.view(-1, 1, 1, 1), exp.boundary.points, x.float())
             elif name == "ig":
                 opts = ig_options(cfg["ig"])
-            gap = completeness_gap(model, x, target, seed=seed, **opts)
+            gap = check_finite(completeness_gap(model, x, target, seed=seed, **opts), "outputs (completeness)", model)
             rel = (torch.nan_to_num(phi).flatten(1).sum(1) - gap).abs() / gap.abs().clamp_min(1e-12)
             row["completeness"] = torch.where(phi.flatten(1).isnan().any(1), torch.nan, rel)
         out[name] = row

@@ -10,25 +10,20 @@ selection never sees `test`.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lib import imagecache
+from lib import imagecache, mnist
 
 NAMES = ("digits", "fashion_mnist", "mnist", "cifar10", "imagenet150")
 SPLITS = ("train", "val", "test")
 VAL_SEED = 20231  # fixed forever: changing it would move images between train and val
 VAL_FRACTION = {"digits": 0.15, "fashion_mnist": 1 / 12, "mnist": 1 / 12, "cifar10": 0.1}
-
-DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = {  # torchvision.datasets.CIFAR10's table
@@ -136,8 +131,9 @@ def info(name: str, root: str | Path = "data", **options) -> dict:
 def prepare(name: str, root: str | Path = "data", *, download: bool = True, **options) -> Path:
     """Make `name` loadable offline (gunzip, extract, download once, or build ImageNet-150's cache)."""
     root = Path(root)
-    if name == "fashion_mnist":
-        return _fashion_mnist_raw(root, download)
+    if name in ("fashion_mnist", "mnist"):  # read every file, so a corrupt one is reported here, not as "OK"
+        _LOADERS[name](root, download)
+        return root / ("FashionMNIST" if name == "fashion_mnist" else "MNIST") / "raw"
     for split in SPLITS if name == "imagenet150" else ("test",):
         load(name, split, root, download=download, **options)
     return root
@@ -197,51 +193,11 @@ def _digits(root: Path, download: bool):
 
 # ---------------------------------------------------------------- MNIST-style IDX data
 
-def _fashion_mnist_raw(root: Path, download: bool) -> Path:
-    """Source order: root/FashionMNIST/raw, then Debian's package, then torchvision's download."""
-    raw = root / "FashionMNIST" / "raw"
-    if all((raw / f).is_file() for f in MNIST_FILES):
-        return raw
-    if all((DEBIAN_FMNIST / f"{f}.gz").is_file() for f in MNIST_FILES):
-        raw.mkdir(parents=True, exist_ok=True)
-        for f in MNIST_FILES:  # Debian recompressed the .gz files, so torchvision's MD5 check would fail
-            with gzip.open(DEBIAN_FMNIST / f"{f}.gz") as src, open(raw / f"{f}.part", "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            (raw / f"{f}.part").replace(raw / f)
-        return raw
-    failed = ""
-    if download:
-        from torchvision.datasets import FashionMNIST
-
-        print(f"downloading Fashion-MNIST into {root} (torchvision)")
-        try:
-            FashionMNIST(str(root), train=True, download=True)
-            return raw
-        except (OSError, RuntimeError, ValueError) as e:  # no network, proxy, corrupt download
-            failed = f" (the download failed: {type(e).__name__})"
-    raise FileNotFoundError(
-        f"Fashion-MNIST not found{failed}: put the four IDX files in {raw}, or install Debian's package "
-        f"(apt-get install dataset-fashion-mnist, files in {DEBIAN_FMNIST}), or run "
-        f"`python -m lib.data fashion_mnist --download` to fetch it with torchvision.")
-
-
 def _mnist_like(cls_name: str):
     def _load(root: Path, download: bool):
-        import torchvision.datasets as tvd
-
-        cls = getattr(tvd, cls_name)
-        if cls_name == "FashionMNIST":
-            _fashion_mnist_raw(root, download)
-        try:
-            parts = [cls(str(root), train=t, download=download and cls_name != "FashionMNIST") for t in (True, False)]
-        except RuntimeError as e:
-            raise FileNotFoundError(
-                f"{cls_name} not found under {root / cls_name / 'raw'}: run `python -m lib.data "
-                f"{cls_name.lower()} --download` once with network access, or copy the IDX files there.") from e
-        except (ValueError, EOFError, OSError) as e:
-            raise ValueError(f"{cls_name} files under {root / cls_name / 'raw'} are corrupt ({e}); "
-                             "delete them and prepare the dataset again.") from e
-        return tuple(ImageTensorDataset(p.data[:, None].contiguous(), p.targets, list(p.classes)) for p in parts)
+        arrays, classes = mnist.load_arrays(root, cls_name, download)
+        return tuple(ImageTensorDataset(torch.from_numpy(im[:, None].copy()), torch.from_numpy(lab.astype(np.int64)),
+                                        classes) for im, lab in arrays)
 
     return _load
 
@@ -266,7 +222,13 @@ def _cifar10(root: Path, download: bool, checksums: dict | None = None):
             from torchvision.datasets import CIFAR10
 
             print(f"downloading CIFAR-10 into {root} (torchvision)")
-            CIFAR10(str(root), train=True, download=True)
+            try:
+                CIFAR10(str(root), train=True, download=True)
+            except (OSError, RuntimeError) as e:  # offline: urlopen's URLError is an OSError
+                reason = getattr(e, "reason", None) or type(e).__name__
+                raise FileNotFoundError(
+                    f"CIFAR-10 could not be downloaded ({reason}): on a machine with network access get "
+                    f"{CIFAR10_URL} and extract it into {root}, so that {folder / 'data_batch_1'} exists.") from None
         else:
             raise FileNotFoundError(
                 f"CIFAR-10 not found: download {CIFAR10_URL} and extract it so that {folder} exists "
@@ -368,29 +330,12 @@ def main(argv=None) -> int:
         if not prof["dataset"]:
             raise ValueError("name a dataset or a --profile")
         if a.apt and prof["dataset"] == "fashion_mnist":
-            _apt_install_fashion_mnist(Path(a.root))
+            mnist.apt_install_fashion_mnist(Path(a.root))
         print(prepare(prof["dataset"], a.root, download=a.download, **(prof.get("dataset_options") or {})))
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         print(f"data: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-def _apt_install_fashion_mnist(root: Path) -> None:
-    import os
-    import subprocess
-
-    raw = root / "FashionMNIST" / "raw"
-    have = all((raw / f).is_file() for f in MNIST_FILES) or all((DEBIAN_FMNIST / f"{f}.gz").is_file()
-                                                                for f in MNIST_FILES)
-    if have or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return
-    print("installing Debian's dataset-fashion-mnist (apt-get)", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]):
-        if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode != 0:
-            print(f"warning: `{' '.join(cmd)}` failed; trying the other sources", flush=True)
-            return
 
 
 if __name__ == "__main__":

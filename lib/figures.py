@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -33,19 +34,25 @@ def redraw(run_dir: str | Path, fig_dir: str | Path) -> list[Path]:
     return out
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    """A user error (unknown profile, no saved data, a corrupt file) is one sentence on stderr and exit code 1."""
     p = argparse.ArgumentParser(description="Redraw a run's figures and report from saved data.")
     p.add_argument("--profile", default="default")
     p.add_argument("--run-dir", default=None)
     p.add_argument("--fig-dir", default=None)
     a = p.parse_args(argv)
-    prof = profiles.load(a.profile)
-    run_dir, fig_dir = run_dirs(prof["name"], a.run_dir, a.fig_dir)
     t0 = time.time()
-    paths = redraw(run_dir, fig_dir)
-    md, _ = report.write(run_dir, fig_dir, prof)
+    try:
+        prof = profiles.load(a.profile)
+        run_dir, fig_dir = run_dirs(prof["name"], a.run_dir, a.fig_dir)
+        paths = redraw(run_dir, fig_dir)
+        md, _ = report.write(run_dir, fig_dir, prof)
+    except (ValueError, OSError) as e:  # OSError: missing or unreadable files; ValueError: bad values, bad JSON
+        print(f"figures: {e}", file=sys.stderr)
+        return 1
     print(f"redrew {len(paths)} figures into {fig_dir} and wrote {md} in {time.time() - t0:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from lib import fid, visualize
+from lib.checkpoints import check_finite
 
 SEED_SPLITS = ("train", "test")
 
@@ -56,6 +57,7 @@ def generation_table(nets: dict, seeds: torch.Tensor, generated: dict, y: torch.
         dev = next(net.parameters()).device
         before, _ = visualize.class_logits(net, seeds.to(dev), y, batch_size=batch_size)
         after, _ = visualize.class_logits(net, generated[key].to(dev), y, batch_size=batch_size)
+        check_finite(torch.cat([before, after]), "target logits in generation_table", net)
         row = {"target logit (seed)": before.mean().item(), "target logit (generated)": after.mean().item(),
                "L2 change": (generated[key] - seeds.cpu()).flatten(1).norm(dim=1).mean().item()}
         for judge, jnet in nets.items():  # the diagonal is the model's own verdict

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from lib import schema
 from lib.paths import PROFILE_DIR
 
 TRAIN_DEFAULTS = {
@@ -47,6 +48,7 @@ def load(name_or_path: str | Path, overrides: dict | str | None = None) -> dict:
     for key in ("standard", "robust"):
         if key not in prof["models"]:
             raise ValueError(f"profile {path} must define a `{key}` model")
+    schema.validate(prof, f"profile {prof['name']!r}" + (" with its overrides" if overrides else ""))
     return prof
 
 
@@ -84,7 +86,10 @@ def model_config(profile: dict, key: str, seed: int = 0) -> dict:
         if unknown or not entry.get("path"):
             raise ValueError(f"model {key!r} of profile {profile['name']!r} names an external checkpoint: it "
                              f"needs `path:` and takes only {', '.join(EXTERNAL_KEYS)} (unknown: {sorted(unknown)})")
-        return {**entry, "dataset": profile["dataset"]}
+        ext = {**entry, "dataset": profile["dataset"]}
+        if profile.get("dataset_options"):  # zoo.load_external reads them (image size, split sizes)
+            ext["dataset_options"] = dict(profile["dataset_options"])
+        return ext
     cfg = {**TRAIN_DEFAULTS, **profile.get("train", {}), **entry}
     unknown = set(cfg) - set(TRAIN_DEFAULTS) - {"arch", "arch_kwargs"}
     if unknown:
@@ -128,7 +133,11 @@ def parse_overrides(overrides: dict | str | None) -> dict:
     if overrides is None or overrides == "":
         return {}
     if isinstance(overrides, str):
-        overrides = yaml.safe_load(overrides)
+        try:
+            overrides = yaml.safe_load(overrides)
+        except yaml.YAMLError as e:
+            raise ValueError(f"OVERRIDES is not valid JSON or YAML ({_first_line(e)}): write it as "
+                             f"'{{\"attributions\": {{\"ig\": {{\"steps\": 100}}}}}}'") from None
     if not isinstance(overrides, dict):
         raise ValueError(f"OVERRIDES must be a mapping such as {{'attributions': {{'ig': {{'steps': 100}}}}}}, "
                          f"got {overrides!r}")
@@ -146,8 +155,19 @@ def parse_set(assignments: list[str]) -> dict:
         node = out
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({_first_line(e)}); quote it, e.g. "
+                             f"--set 'models.robust={{mode: pgd, eps: 0.5}}'") from None
     return out
+
+
+def _first_line(err: Exception) -> str:
+    """A YAML error in a few words: what is wrong and where (line, column of the text)."""
+    problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem or str(err).splitlines()[0]}{where}"
 
 
 def merge(base: dict, overrides: dict, where: str = "") -> dict:

@@ -210,18 +210,31 @@ for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++}
 document.body.setAttribute('data-images-loaded',ok+'/'+im.length)});</script>"""
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    """A user error (unknown profile, no or corrupt summary.json) is one sentence on stderr and exit code 1."""
     import argparse
+    import sys
 
     p = argparse.ArgumentParser(description="Write REPORT.md and REPORT.html from a run's saved metrics.")
     p.add_argument("--profile", default="default")
     p.add_argument("--run-dir", default=None)
     p.add_argument("--fig-dir", default=None)
     a = p.parse_args(argv)
-    prof = profiles.load(a.profile)
-    for path in write(*run_dirs(prof["name"], a.run_dir, a.fig_dir), prof):
+    try:
+        prof = profiles.load(a.profile)
+        run_dir, fig_dir = run_dirs(prof["name"], a.run_dir, a.fig_dir)
+        written = write(run_dir, fig_dir, prof)
+    except json.JSONDecodeError as e:
+        print(f"report: {run_dir / 'summary.json'} is not valid JSON ({e}); rerun the pipeline (make reproduce) "
+              "to rewrite it.", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:
+        print(f"report: {e}", file=sys.stderr)
+        return 1
+    for path in written:
         print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

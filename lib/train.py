@@ -17,6 +17,7 @@ import copy
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -38,8 +39,8 @@ def get_model(profile: dict, key: str, run_dir: str | Path, *, seed: int = 0, de
     """Model `key` (training-seed index `seed`) of `profile`: loaded if a finished run with the same config
     exists, else trained."""
     out_dir = profiles.model_dir(run_dir, profile, key, seed)
-    if checkpoints.is_complete(out_dir):
-        return checkpoints.load_model(out_dir, device)
+    if checkpoints.is_complete(out_dir):  # verified: weights' SHA-256, folder and profile config hashes
+        return checkpoints.load_model(out_dir, device, config=profiles.model_config(profile, key, seed))
     if not train_if_missing:
         raise FileNotFoundError(f"model {key!r} (seed {seed}) of profile {profile['name']!r} is not trained yet "
                                 f"({out_dir}): "
@@ -80,7 +81,7 @@ def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", pro
         _train(cfg, Path(out_dir), device, rank, world, data_root, progress, meta_extra)
     if world > 1:
         dist.barrier()
-    return checkpoints.load_model(out_dir, device)
+    return checkpoints.load_model(out_dir, device, config=cfg)
 
 
 def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -> None:
@@ -348,7 +349,23 @@ def _dist_setup(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    """A user error (bad profile or knob, missing data, corrupt checkpoint, divergence) is one sentence on stderr
+    and exit code 1; Ctrl-C is one line saying that rerunning resumes."""
+    try:
+        return _main(argv)
+    except (ValueError, OSError, FloatingPointError) as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("train: interrupted; rerun the same command to resume from the last checkpoint.", file=sys.stderr)
+        return 130
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _main(argv) -> int:
     p = argparse.ArgumentParser(description="Train (or resume) one model of a profile.")
     p.add_argument("--profile", required=True, help="profile name or path to a YAML file")
     p.add_argument("--model", required=True, help="model key of the profile, e.g. standard or robust")
@@ -364,9 +381,8 @@ def main(argv=None) -> None:
         m = model.meta["metrics"]
         print(f"{a.model}: clean {m['clean_acc']:.2f}%  PGD {m['pgd_acc']:.2f}%  -> "
               f"{profiles.model_dir(run_dir, prof, a.model)}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

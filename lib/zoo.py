@@ -16,6 +16,7 @@ import collections
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -61,7 +62,25 @@ _IGNORED = {  # tensors a layout carries that the network does not use
     "madrylab": re.compile(r"^attacker\."),  # the attacker's copy of the same model and normaliser
     "robustbench": re.compile(r"^sub_block1\."),  # TRADES' WideResNet defines it but never calls it
 }
-_SAFE_GLOBALS = [collections.Counter]  # MultiStepLR milestones in saved schedulers: a plain dict
+
+def _numpy_globals() -> list:
+    """numpy scalars and dtypes, which MadryLab checkpoints hold in `optimizer`/`schedule` (float64 learning rates of
+    `--custom-lr-multiplier cyclic` or `lr_interpolation linear`). Both module names: numpy < 2 pickles the scalar
+    as numpy.core.multiarray.scalar, numpy >= 2 as numpy._core.multiarray.scalar. Rebuilding a number or a dtype
+    from its bytes runs no code of the file."""
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    dtypes = {type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                          np.uint32, np.uint64, np.float16, np.float32, np.float64)}
+    return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype,
+            *sorted(dtypes, key=lambda t: t.__name__)]
+
+
+# MultiStepLR milestones in saved schedulers (a plain dict), and numpy numbers in optimizer/schedule entries
+_SAFE_GLOBALS = [collections.Counter, *_numpy_globals()]
+# what to do with a trusted file that holds other objects: keep only its weight entry, under the same key
+RESAVE = ("torch.save({k: v for k, v in torch.load(src, weights_only=False).items() if k in ('model', "
+          "'state_dict', 'model_state_dict')}, dst)")
 
 
 def is_external(profile: dict, key: str) -> bool:
@@ -166,12 +185,19 @@ def _read(path: Path) -> dict:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
         raise CheckpointError(
-            f"{path} cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0][:200]}): robinterp "
-            "reads only tensors and plain containers (weights_only=True); if you trust the file, re-save its "
-            "state dict once with torch.save(torch.load(src, weights_only=False)['model'], dst).") from e
+            f"{path} cannot be read safely ({type(e).__name__}: {_cause(e)}): robinterp reads only tensors, numbers "
+            f"and plain containers (weights_only=True); if you trust the file, re-save its weights once with "
+            f"{RESAVE}.") from e
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} holds a {type(raw).__name__}, not a dict of tensors: not a checkpoint.")
     return raw
+
+
+def _cause(err: Exception) -> str:
+    """torch's reason, not its boilerplate: the `WeightsUnpickler error:` line (the unsupported global) if any."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    cause = next((ln for ln in lines if ln.startswith("WeightsUnpickler error:")), lines[0] if lines else "")
+    return cause.removeprefix("WeightsUnpickler error: ").split(". Please use")[0][:300]
 
 
 def _layout(raw: dict, source: str, path: Path) -> tuple[dict, tuple | None]:

@@ -75,7 +75,7 @@ def test_eps_zero_returns_input_and_mode_is_restored(digits_models, digits_batch
 
 def test_bad_arguments_raise_clear_errors(digits_models, digits_batch):
     model, (x, y) = digits_models["standard"], digits_batch
-    with pytest.raises(ValueError, match="eps must be >= 0"):
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
         attacks.pgd(model, x, y, eps=-0.1, step_size=0.1, steps=1)
     with pytest.raises(ValueError, match="unknown norm"):
         attacks.pgd(model, x, y, eps=0.1, step_size=0.1, steps=1, norm="l1")
@@ -85,6 +85,20 @@ def test_bad_arguments_raise_clear_errors(digits_models, digits_batch):
         attacks.pgd(model, bad, y, eps=0.1, step_size=0.1, steps=1)
     with pytest.raises(ValueError, match=r"\[0,1\]"):
         attacks.pgd(model, x * 255, y, eps=0.1, step_size=0.1, steps=1)
+
+
+@pytest.mark.parametrize("kwargs,named", [
+    ({"eps": float("nan")}, "eps"), ({"eps": float("inf")}, "eps"), ({"step_size": -0.1}, "step_size"),
+    ({"step_size": float("nan")}, "step_size"), ({"steps": -1}, "steps"), ({"steps": 2.5}, "steps")])
+def test_pgd_refuses_nonfinite_or_negative_budgets(digits_models, digits_batch, kwargs, named):
+    model, (x, y) = digits_models["standard"], digits_batch
+    args = {"eps": 0.5, "step_size": 0.1, "steps": 2, **kwargs}
+    with pytest.raises(ValueError, match=rf"^pgd: {named} must be"):
+        attacks.pgd(model, x, y, **args)
+    eps_t = torch.full((len(x),), 0.5)
+    eps_t[3] = float("nan")  # one bad entry of a per-example budget is enough to refuse
+    with pytest.raises(ValueError, match="eps must be a finite number"):
+        attacks.pgd(model, x, y, eps=eps_t, step_size=0.1, steps=2)
 
 
 @pytest.mark.parametrize("norm,eps", [("l2", 1.0), ("linf", 0.1)])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import data, imagecache, synthetic
+from lib import data, imagecache, mnist, synthetic
 
 
 def test_digits_splits_are_disjoint_fixed_and_in_range():
@@ -55,7 +55,7 @@ def _fake_mnist_dir(folder, n_train=60, n_test=20, gz=True):
 def test_fashion_mnist_from_debian_package_files(tmp_path, monkeypatch):
     debian = tmp_path / "debian"
     _fake_mnist_dir(debian)
-    monkeypatch.setattr(data, "DEBIAN_FMNIST", debian)
+    monkeypatch.setattr(mnist, "DEBIAN_FMNIST", debian)
     root = tmp_path / "data"
     te = data.load("fashion_mnist", "test", root)
     assert len(te) == 20 and te[0][0].shape == (1, 28, 28)
@@ -65,12 +65,12 @@ def test_fashion_mnist_from_debian_package_files(tmp_path, monkeypatch):
 
 def test_fashion_mnist_from_root_first(tmp_path, monkeypatch):
     _fake_mnist_dir(tmp_path / "FashionMNIST" / "raw", n_test=7, gz=False)
-    monkeypatch.setattr(data, "DEBIAN_FMNIST", tmp_path / "nowhere")
+    monkeypatch.setattr(mnist, "DEBIAN_FMNIST", tmp_path / "nowhere")
     assert len(data.load("fashion_mnist", "test", tmp_path)) == 7
 
 
 def test_fashion_mnist_missing_names_all_three_ways(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FMNIST", tmp_path / "nowhere")
+    monkeypatch.setattr(mnist, "DEBIAN_FMNIST", tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError) as e:
         data.load("fashion_mnist", "train", tmp_path)
     msg = str(e.value)
@@ -226,10 +226,55 @@ def test_fresh_machine_without_data_is_one_sentence_not_a_traceback(tmp_path, mo
     def offline(*a, **k):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(data, "DEBIAN_FMNIST", tmp_path / "nowhere")
+    monkeypatch.setattr(mnist, "DEBIAN_FMNIST", tmp_path / "nowhere")
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)  # not root: no apt-get
     assert data.main(["fashion_mnist", "--root", str(tmp_path), "--download", "--apt"]) == 1
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and err.count("\n") == 0 and "the download failed: URLError" in err
     assert "FashionMNIST/raw" in err and "apt-get install dataset-fashion-mnist" in err and "--download" in err
+
+
+@pytest.mark.parametrize("damage,says", [
+    (lambda raw: raw[:-100], r"is corrupt \(truncated: \d+ bytes, its header promises \d+\)"),
+    (lambda raw: b"\x00\x00\x0d\x03" + raw[4:], r"is corrupt \(its header is not that of a 3-d uint8 IDX file\)"),
+    (lambda raw: gzip.compress(raw), r"is still gzip-compressed: gunzip it"),
+])
+def test_a_corrupt_idx_file_is_named_with_how_to_replace_it(tmp_path, monkeypatch, capsys, damage, says):
+    raw_dir = tmp_path / "FashionMNIST" / "raw"
+    _fake_mnist_dir(raw_dir, gz=False)
+    monkeypatch.setattr(mnist, "DEBIAN_FMNIST", tmp_path / "nowhere")
+    bad = raw_dir / "t10k-images-idx3-ubyte"
+    bad.write_bytes(damage(bad.read_bytes()))
+    damaged, others = bad.read_bytes(), {p: p.read_bytes() for p in raw_dir.iterdir() if p != bad}
+    with pytest.raises(ValueError, match=rf"t10k-images-idx3-ubyte {says}.*`make data PROFILE=default`"):
+        data.load("fashion_mnist", "test", tmp_path)
+    assert data.main(["fashion_mnist", "--root", str(tmp_path)]) == 1  # prepare reads every file: not "OK"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and "fashionmnist" not in err.replace("FashionMNIST", "")
+    assert bad.read_bytes() == damaged and all(p.read_bytes() == b for p, b in others.items())  # nothing deleted
+
+
+def test_prepare_reads_the_files_and_reports_where_they_are(tmp_path, monkeypatch):
+    _fake_mnist_dir(tmp_path / "FashionMNIST" / "raw", gz=False)
+    monkeypatch.setattr(mnist, "DEBIAN_FMNIST", tmp_path / "nowhere")
+    assert data.prepare("fashion_mnist", tmp_path, download=False) == tmp_path / "FashionMNIST" / "raw"
+    labels = tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-3])
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte is corrupt"):
+        data.prepare("fashion_mnist", tmp_path, download=False)
+
+
+def test_cifar10_offline_download_is_one_sentence_saying_where_to_get_and_put_it(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    import torchvision.datasets
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    assert data.main(["cifar10", "--root", str(tmp_path), "--download"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "urlopen" not in err and "Traceback" not in err
+    assert data.CIFAR10_URL in err and f"extract it into {tmp_path}" in err and "data_batch_1 exists" in err

@@ -1,9 +1,14 @@
 """Published checkpoints load exactly: each layout is rebuilt from seeded weights, saved as its authors
 save it, loaded through lib.zoo, and must give the reference network's logits. Bad files are refused."""
 
+import argparse
 import collections
+import io
 import pickle
+import re
+import zipfile
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -196,6 +201,66 @@ def test_wnids_keep_the_dataset_classes_logits(tmp_path):
         assert torch.allclose(m(x), before[:, [7, 3, 11]])
 
 
+# ---------------------------------------------------------------- numpy numbers in the training state
+
+def _numpy_lrs(ckpt: dict) -> dict:
+    """What `robustness` saves after `--custom-lr-multiplier cyclic` / `lr_interpolation linear`: numpy float64
+    learning rates (np.interp) in the optimizer's param groups and the scheduler's state, and a dtype."""
+    lr = np.interp(3.5, [0, 10], [0.0, 0.1])  # a np.float64, as np.interp returns it
+    ckpt["optimizer"]["param_groups"][0].update(lr=lr, initial_lr=np.float64(0.1))
+    ckpt["schedule"] = {**ckpt["schedule"], "base_lrs": [np.float64(0.1)], "_last_lr": [lr],
+                        "lr_lambdas": [None], "dtype": np.dtype("float64"), "n": np.int64(3), "f": np.float32(0.5)}
+    return ckpt
+
+
+def _as_numpy1(path):
+    """Rewrite a torch.save file as numpy < 2 pickles scalars (numpy.core.multiarray.scalar)."""
+    src = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for item in src.infolist():
+            raw = src.read(item)
+            if item.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray\nscalar" in raw
+                raw = raw.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")
+            dst.writestr(item.filename, raw)
+    path.write_bytes(out.getvalue())
+
+
+@pytest.mark.parametrize("numpy1", [False, True])
+def test_madrylab_checkpoint_with_numpy_learning_rates_loads(tmp_path, numpy1):
+    ref = _tv_resnet("resnet18", cifar=True)
+    path = tmp_path / "cifar_l2_cyclic.pt"
+    torch.save(_numpy_lrs(_madry(_cifar_names(ref.state_dict()), MEAN, STD)), path)
+    if numpy1:
+        _as_numpy1(path)
+    with pytest.raises(pickle.UnpicklingError):  # the case: torch alone refuses it
+        torch.load(path, weights_only=True)
+    _same_logits(zoo.load_external(_cfg("madrylab", path, "resnet18_cifar")), ref, MEAN, STD)
+
+
+def test_an_unsafe_global_keeps_torchs_cause_and_the_advice_works(tmp_path):
+    ref = _tv_resnet("resnet18", cifar=True)
+    src, dst = tmp_path / "with_args.pt", tmp_path / "weights.pt"
+    torch.save({**_madry(_cifar_names(ref.state_dict()), MEAN, STD), "args": argparse.Namespace(lr=0.1)}, src)
+    with pytest.raises(checkpoints.CheckpointError, match=r"Unsupported global: GLOBAL argparse\.Namespace") as err:
+        zoo.load_external(_cfg("madrylab", src, "resnet18_cifar"))
+    advice = re.search(r"re-save its weights once with (torch\.save\(.*\))\.$", str(err.value)).group(1)
+    exec(advice, {"torch": torch, "src": src, "dst": dst})  # exactly what the message tells the user to run
+    _same_logits(zoo.load_external(_cfg("madrylab", dst, "resnet18_cifar")), ref, MEAN, STD)
+    assert src.is_file()
+
+
+def test_model_config_keeps_dataset_options_for_external_entries():
+    prof = profiles.load("imagenet150", {"models": {"robust": {"source": "boychev", "path": "x.pt",
+                                                               "arch": "resnet50"}}})
+    cfg = profiles.model_config(prof, "robust")
+    assert cfg["dataset_options"] == prof["dataset_options"] == {"image_size": 128, "train_per_class": 600,
+                                                                  "val_per_class": 50}
+    plain = profiles.model_config(profiles.load("imagenet_pretrained"), "robust")
+    assert "dataset_options" not in plain  # absent stays absent: existing hashes do not move
+
+
 # ---------------------------------------------------------------- refusals
 
 class Evil:
@@ -247,7 +312,10 @@ def test_profile_entries_are_validated_before_any_work():
                                                          "arch": "vgg16"}}})
     with pytest.raises(ValueError, match="`arch:` must be one of resnet18_cifar"):
         zoo.check_entry(profiles.model_config(prof, "robust"))
-    prof = profiles.load("smoke", {"models": {"robust": {"source": "madrylab", "path": "x.pt", "eps": 0.5}}})
+    with pytest.raises(ValueError, match=r"unknown setting 'models\.robust\.eps'; known at this level: arch, mean"):
+        profiles.load("smoke", {"models": {"robust": {"source": "madrylab", "path": "x.pt", "eps": 0.5}}})
+    prof = profiles.merge(profiles.load("smoke"), {"models": {"robust": {"source": "madrylab", "path": "x.pt",
+                                                                          "eps": 0.5}}})  # a dict that bypassed load
     with pytest.raises(ValueError, match="takes only source, path"):
         profiles.model_config(prof, "robust")
     prof = profiles.load("smoke", {"models": {"robust": {"source": "robustbench", "path": "x.pt",

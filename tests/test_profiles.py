@@ -45,7 +45,9 @@ def test_training_knob_changes_the_model_hash_and_unknown_training_knob_is_refus
     assert profiles.config_hash(profiles.model_config(changed, "robust")) != h0
     assert profiles.config_hash(profiles.model_config(changed, "standard")) == \
         profiles.config_hash(profiles.model_config(base, "standard"))
-    bad = profiles.load("smoke", {"train": {"learning_rate": 0.1}})
+    with pytest.raises(ValueError, match=r"unknown setting 'train\.learning_rate'.*known at this level:.* lr,"):
+        profiles.load("smoke", {"train": {"learning_rate": 0.1}})  # refused at load, by the schema
+    bad = profiles.merge(base, {"train": {"learning_rate": 0.1}})  # a dict that bypassed load
     with pytest.raises(ValueError, match="unknown settings"):
         profiles.model_config(bad, "robust")
 
