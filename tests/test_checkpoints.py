@@ -179,7 +179,7 @@ def test_a_nan_from_a_model_is_an_error_naming_it_in_every_metric(tmp_path):
     prof = profiles.load("smoke")
     net = _nan_model(tmp_path, prof)
     x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
-    named = r"model 'robust' \(.*robust-\w+\) produced NaN or infinite "
+    named = r"model 'robust' \(.*robust-[\w-]+\) produced NaN or infinite "
     with pytest.raises(FloatingPointError, match=named + "logits in alignment.measure"):
         alignment.measure(net, x, progress=False, steps=2)
     exp = attributions.Explanations({"saliency": attributions.saliency(net, x, y)}, None, {})

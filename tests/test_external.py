@@ -353,14 +353,17 @@ def test_external_models_get_notebook_01_rows_and_the_cache_is_reused(tmp_path):
     prof = profiles.load("smoke", {"models": {"standard": entry, "robust": entry},
                                    "eval": {"test_images": 16, "steps": 2,
                                             "apgd": {"images": 8, "steps": 3, "targets": 1}}})
-    trained = {k: zoo.get_model(prof, k, tmp_path / "run") for k in ("standard", "robust")}
-    table = robustness.accuracy_table(prof, trained, tmp_path / "run", progress=False)
+    trained = zoo.get_models(prof, profiles.units(prof, ["standard", "robust"]), tmp_path / "run")
+    assert list(trained) == ["standard@0", "robust@0"]  # an external checkpoint is one unit, whatever `seeds` says
+    rows = robustness.accuracy_rows(prof, trained, tmp_path / "run", progress=False)
+    table = robustness.accuracy_table(rows)
     row = table.set_index("model").loc["robust"]
     assert row["source"] == "torchvision" and row["test_images"] == 16 and row["apgd_images"] == 8
     assert 0 <= row["apgd_acc"] <= row["clean_acc_apgd_images"] and row["pgd_acc"] <= row["clean_acc"]
     cached = sorted((tmp_path / "run" / "robustness").glob("*.json"))
     assert len(cached) == 4  # per model: test metrics and APGD
-    again = robustness.accuracy_table(prof, trained, tmp_path / "run", progress=False)
+    again = robustness.accuracy_table(robustness.accuracy_rows(prof, trained, tmp_path / "run", progress=False))
     assert again.equals(table)
-    metrics = robustness.summary(table, prof["eval"])
-    assert metrics["robust_minus_standard_apgd"] == 0.0 and metrics["models"]["robust"]["eps"] is None
+    metrics = robustness.summary(rows, prof["eval"])
+    assert metrics["per_unit"]["apgd_acc"]["robust@0"] == metrics["per_unit"]["apgd_acc"]["standard@0"]
+    assert len(metrics["per_unit"]["clean_acc"]["robust@0"]) == 16 and metrics["units"]["robust@0"]["eps"] is None
