@@ -27,14 +27,36 @@ def write(run_dir: str | Path, fig_dir: str | Path, profile: dict) -> tuple[Path
     summary = json.loads(summary_path.read_text())
     rows = claims.evaluate(summary, profile)
     checks = claims.checks(summary, profile)
-    figs = sorted(fig_dir.glob("*.png"))
+    figs = figures(summary, fig_dir)
     env = summary.get("_environment", {})
     timings = summary.get("_timings_s", {})
     title = f"robinterp reproduction report: profile {profile['name']}"
-    md = _markdown(title, rows, checks, figs, env, timings, run_dir, profile)
+    md = _markdown(title, rows, checks, figs, env, timings, run_dir, profile, summary)
     (run_dir / "REPORT.md").write_text(md)
-    (run_dir / "REPORT.html").write_text(_html(title, rows, checks, figs, env, timings, profile))
+    (run_dir / "REPORT.html").write_text(_html(title, rows, checks, figs, env, timings, profile, summary))
     return run_dir / "REPORT.md", run_dir / "REPORT.html"
+
+
+def figures(summary: dict, fig_dir: str | Path) -> list[Path]:
+    """The PNGs this run's notebooks wrote, in notebook order: summary.json's `_figures` manifest (recorded by
+    `lib.plotting.publish`), found in `fig_dir` (where `make figures` redraws them) or where they were written.
+    Never a glob of the folder, so figures an earlier run left there are not shown."""
+    out = []
+    for entry in summary.get("_figures", []):
+        for path in (Path(fig_dir) / f"{entry['name']}.png", Path(entry.get("path", ""))):
+            if path.suffix == ".png" and path.is_file():
+                out.append(path)
+                break
+    return out
+
+
+def run_lines(summary: dict) -> list[str]:
+    """What this run used and did not do: its overrides per notebook, and each notebook not run, with why."""
+    used = summary.get("_overrides", {})
+    lines = [f"{k}: overrides {json.dumps(v)}" for k, v in used.items() if v]
+    if not lines and used:
+        lines = ["no overrides: every notebook ran with the profile as written"]
+    return lines + [f"{k}: **not run**: {why}" for k, why in summary.get("_not_run", {}).items()]
 
 
 def _env_lines(env: dict, profile: dict) -> list[str]:
@@ -55,7 +77,7 @@ def _md_table(rows) -> list[str]:
     return out + [f"| {' | '.join(c[:5])} | **{c[5]}** | {c[6]} |" for c in cells]
 
 
-def _markdown(title, rows, checks, figs, env, timings, run_dir, profile) -> str:
+def _markdown(title, rows, checks, figs, env, timings, run_dir, profile, summary) -> str:
     out = [f"# {title}", "",
            "Every number below is read from this run's `summary.json`; paper values come from the profile. "
            "A claim about robustness holds when its direction holds across the sweep ordered by training strength "
@@ -68,6 +90,7 @@ def _markdown(title, rows, checks, figs, env, timings, run_dir, profile) -> str:
             "Theorems that hold unless the code is wrong: not evidence for a claim.", ""]
     out += _md_table(checks) + ["", "## Figures", ""]
     out += [f"- [{p.stem}]({os.path.relpath(p, run_dir)})" for p in figs]
+    out += ["", "## What ran", ""] + [f"- {line}" for line in run_lines(summary)]
     out += ["", "## Environment", ""] + [f"- {line}" for line in _env_lines(env, profile)]
     out += ["", "## Wall time per notebook", "", "| notebook | seconds |", "|---|---|"]
     out += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
@@ -95,18 +118,19 @@ def _html_table(rows) -> str:
     return f"<table><tr>{head}</tr>{trs}</table>"
 
 
-def _html(title, rows, checks, figs, env, timings, profile) -> str:
+def _html(title, rows, checks, figs, env, timings, profile, summary) -> str:
     e = html.escape
     imgs = "".join(f"<figure><img alt='{e(p.stem)}' src='data:image/png;base64,"
                    f"{base64.b64encode(p.read_bytes()).decode()}'><figcaption>{e(p.stem)}</figcaption></figure>"
                    for p in figs)
     envs = "".join(f"<li>{e(line)}</li>" for line in _env_lines(env, profile))
+    ran = "".join(f"<li>{e(line).replace('**not run**', '<b>not run</b>')}</li>" for line in run_lines(summary))
     times = "".join(f"<tr><td>{e(k)}</td><td>{v:.0f}</td></tr>" for k, v in timings.items())
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style>"
             f"{_CHECK}</head><body><h1>{e(title)}</h1><p>Every number is read from this run's summary.json; "
             f"paper values come from the profile; directions are decided over the sweep.</p>{_html_table(rows)}"
             f"<h2>Implementation checks</h2><p>Theorems that hold unless the code is wrong: not evidence.</p>"
-            f"{_html_table(checks)}<h2>Figures</h2>{imgs}"
+            f"{_html_table(checks)}<h2>Figures</h2>{imgs}<h2>What ran</h2><ul>{ran}</ul>"
             f"<h2>Environment</h2><ul>{envs}</ul><h2>Wall time per notebook</h2><table><tr><th>notebook</th>"
             f"<th>seconds</th></tr>{times}</table></body></html>\n")
 
