@@ -19,9 +19,13 @@ def _write(tmp_path):
     fig_dir.mkdir()
     prof = profiles.load("smoke")
     summary = summary_for(prof)
-    summary.update({"_timings_s": {"01_training": 12.0}, "_environment": {"device": "cpu"}})
+    summary.update({"_timings_s": {"01_training": 12.0}, "_environment": {"device": "cpu"},
+                    "_figures": [{"name": n, "notebook": n[:2], "path": str(fig_dir / f"{n}.png")}
+                                 for n in ("01_a", "02_b")],
+                    "_overrides": {"01_training": {}, "02_attributions": {"attributions": {"grids": ["ig"]}}},
+                    "_not_run": {"06_fid": "failed: RuntimeError: boom"}})
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    for name in ("01_a", "02_b"):
+    for name in ("01_a", "02_b", "02_stale"):  # 02_stale: left in the folder by an earlier run, not in the manifest
         fig, ax = plt.subplots(figsize=(2, 2))
         ax.plot([0, 1], [1, 0])
         fig.savefig(fig_dir / f"{name}.png")
@@ -37,7 +41,26 @@ def test_report_files_list_every_figure_every_claim_and_embed_images(tmp_path):
         assert "| " + row.claim.replace("|", "\\|") + " |" in text
         assert row.claim in page.read_text().replace("&#x27;", "'")
     assert "## Implementation checks" in text
-    assert page.read_text().count("data:image/png;base64,") == 2
+    assert page.read_text().count("data:image/png;base64,") == 2 and "02_stale" not in text + page.read_text()
+
+
+def test_report_shows_the_overrides_and_what_did_not_run(tmp_path):
+    (md, page), _, _ = _write(tmp_path)
+    text = md.read_text()
+    assert '- 02_attributions: overrides {"attributions": {"grids": ["ig"]}}' in text
+    assert "- 06_fid: **not run**: failed: RuntimeError: boom" in text and "01_training: overrides" not in text
+    assert "<b>not run</b>: failed: RuntimeError: boom" in page.read_text()
+
+
+def test_figures_come_from_the_manifest_found_in_the_figure_folder_or_where_written(tmp_path):
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "01_a.png").write_bytes(b"png")
+    (tmp_path / "02_b.png").write_bytes(b"png")
+    summary = {"_figures": [{"name": "01_a", "notebook": "01", "path": str(tmp_path / "gone" / "01_a.png")},
+                            {"name": "02_b", "notebook": "02", "path": str(tmp_path / "02_b.png")},
+                            {"name": "03_c", "notebook": "03", "path": str(tmp_path / "03_c.png")}]}
+    assert report.figures(summary, tmp_path / "moved") == [tmp_path / "moved" / "01_a.png", tmp_path / "02_b.png"]
+    assert report.figures({}, tmp_path) == []  # no manifest: nothing is embedded, whatever the folder holds
 
 
 def test_missing_summary_says_what_to_run(tmp_path):
