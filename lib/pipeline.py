@@ -20,7 +20,9 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from lib import paths, preflight, profiles, progress, report, results, runlock
@@ -28,6 +30,7 @@ from lib.device import resolve_device
 from lib.results import environment, write_json
 
 NOTEBOOK_DIR = paths.NOTEBOOK_DIR
+FAILED = "failed.json"  # {stem: reason} of notebooks whose last run failed, until one succeeds
 PARAMETER_TAGS = {"parameters", "injected-parameters"}  # literals only: no progress line for them
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]  # no "[IPKernelApp] WARNING | Kernel is running over TCP ..."
 
@@ -90,22 +93,26 @@ def _run_locked(books, prof, params, run_dir: Path, figs: Path, device, log) -> 
         results.forget_figures(run_dir, nb.name[:2])  # figures it no longer draws leave the report
         try:
             _execute(pm, nb, partial, params, log)
-        except pm.PapermillExecutionError as e:
-            failed, good = _keep_failed(partial), out_dir / nb.name
-            msg = (f"{nb.name} failed in cell {e.cell_index} (execution count {e.exec_count}): {e.ename}: "
-                   f"{e.evalue}. Failed copy: {failed}" + (f"; the last good executed copy stays at {good}"
-                                                          if good.is_file() else ""))
-            _partial_report(run_dir, figs, prof, device, {nb.stem: f"failed: {e.ename}: {e.evalue}", **later}, log)
-            raise NotebookFailed(msg) from None
         except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the cleanup
-            failed = _keep_failed(partial)
-            _partial_report(run_dir, figs, prof, device, {nb.stem: "interrupted (Ctrl-C)", **later}, log)
+            with _no_sigint():  # a second Ctrl-C must not break the cleanup
+                failed = _keep_failed(partial)
+                _partial_report(run_dir, figs, prof, device, {nb.stem: "interrupted (Ctrl-C)", **later}, log)
             raise Interrupted(f"interrupted during {nb.stem} (its partial copy: {failed}); earlier notebooks' "
                               "results are kept: rerun the same command to resume (trained models and training "
                               "checkpoints are reused).") from None
+        except Exception as e:  # noqa: BLE001 - a cell's error, or the kernel died: the same one sentence
+            failed, good = _keep_failed(partial), out_dir / nb.name
+            cell = isinstance(e, pm.PapermillExecutionError)
+            what = f"{e.ename}: {e.evalue}" if cell else f"{type(e).__name__}: {e}"
+            where = f"failed in cell {e.cell_index} (execution count {e.exec_count})" if cell else "stopped"
+            _partial_report(run_dir, figs, prof, device, {nb.stem: f"failed: {what}", **later}, log)
+            raise NotebookFailed(f"{nb.name} {where}: {what}. Failed copy: {failed}" + (
+                f"; the last good executed copy stays at {good}" if good.is_file() else "")) from None
         partial.replace(out_dir / nb.name)
         (out_dir / f"{nb.stem}.failed.ipynb").unlink(missing_ok=True)
+        failures = _read(run_dir, FAILED)
+        if failures.pop(nb.stem, None) is not None:
+            write_json(run_dir / FAILED, failures)
         timings[nb.stem], used[nb.stem] = round(time.time() - t0, 1), params["OVERRIDES"]
         log(f"[{i}/{len(books)}] {nb.stem} done in {timings[nb.stem]:.0f} s", flush=True)
         write_json(run_dir / "timings.json", timings)
@@ -150,6 +157,17 @@ def _engine() -> str:
     return "robinterp"
 
 
+@contextmanager
+def _no_sigint():
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _keep_failed(partial: Path) -> Path:
     failed = partial.with_name(partial.name.replace(".partial.", ".failed."))
     if partial.is_file():
@@ -159,6 +177,8 @@ def _keep_failed(partial: Path) -> Path:
 
 def _partial_report(run_dir, figs, prof, device, not_run: dict, log) -> None:
     """summary.json and the report of what finished, the rest marked not run; never masks the real error."""
+    failures = _read(run_dir, FAILED)  # kept until the notebook succeeds: its old metrics are not this state
+    write_json(run_dir / FAILED, {**failures, **{k: v for k, v in not_run.items() if not v.startswith("not run")}})
     try:
         summarize(run_dir, device=device, not_run=not_run)
         md, _ = report.write(run_dir, figs, prof)
@@ -170,8 +190,10 @@ def _partial_report(run_dir, figs, prof, device, not_run: dict, log) -> None:
 def summarize(run_dir: str | Path, *, device=None, not_run: dict | None = None) -> dict:
     """Merge runs/<profile>/metrics/*.json into summary.json: {notebook stem: metrics}, plus `_figures`
     (what those notebooks drew: {name, notebook, path}), `_overrides`, `_timings_s`, `_environment` and
-    `_not_run` ({stem: reason} for every numbered notebook without metrics here, or in `not_run`)."""
-    run_dir, not_run = Path(run_dir), dict(not_run or {})
+    `_not_run` ({stem: reason} for every numbered notebook without results here, whose last run failed
+    (failed.json), or in `not_run`)."""
+    run_dir = Path(run_dir)
+    not_run = {k: f"{v} (its last run)" for k, v in _read(run_dir, FAILED).items()} | dict(not_run or {})
     summary = {p.stem: json.loads(p.read_text())["metrics"] for p in sorted((run_dir / "metrics").glob("*.json"))
                if p.stem not in not_run}
     ran = {k: v for k, v in _read(run_dir, "timings.json").items() if k not in not_run}
@@ -202,8 +224,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,03")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--run-dir", default=None, help="default: runs/<profile>")
-    p.add_argument("--fig-dir", default=None, help="default: <run-dir>/figures when --run-dir is given, "
-                                                   "else figures/<profile>")
+    p.add_argument("--fig-dir", default=None, help="default: figures/<profile> for runs/<profile>, else "
+                                                   "<run-dir>/figures")
     p.add_argument("--data-root", default=None, help="default: data/")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",

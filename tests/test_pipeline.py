@@ -76,6 +76,7 @@ def test_a_run_dir_without_fig_dir_gets_its_own_figures(tmp_path):
     assert paths.run_dirs("smoke", tmp_path / "a") == (tmp_path / "a", tmp_path / "a" / "figures")
     assert paths.run_dirs("smoke", tmp_path / "a", tmp_path / "f")[1] == tmp_path / "f"
     assert paths.run_dirs("smoke") == (paths.RUNS_DIR / "smoke", paths.FIGURES_DIR / "smoke")
+    assert paths.run_dirs("smoke", paths.RUNS_DIR / "smoke")[1] == paths.FIGURES_DIR / "smoke"  # named, same folder
     from lib.experiment import Context
 
     ctx = Context("smoke", "cpu", str(tmp_path / "b"))
@@ -220,7 +221,10 @@ def test_a_failed_notebook_keeps_the_last_good_copy_and_leaves_a_partial_report(
     assert set(summary["_timings_s"]) == {"03_c"}  # finished earlier, untouched by this run
     assert "01_a: **not run**: failed" in (run_dir / "REPORT.md").read_text()
     monkeypatch.delenv("TINY_FAIL")
+    pipeline.run("smoke", device="cpu", run_dir=run_dir, only=["03"], log=QUIET)  # 01 still failed last time
+    assert json.loads((run_dir / "summary.json").read_text())["_not_run"]["01_a"].endswith("(its last run)")
     pipeline.run("smoke", device="cpu", run_dir=run_dir, only=["01"], log=QUIET)
+    assert "01_a" not in json.loads((run_dir / "summary.json").read_text())["_not_run"]
     assert not (run_dir / "notebooks" / "01_a.failed.ipynb").exists()
 
 
