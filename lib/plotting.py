@@ -12,7 +12,7 @@ import seaborn as sns
 import torch
 from matplotlib.colors import Normalize
 
-from lib.results import to_jsonable
+from lib.results import record_figure, to_jsonable
 
 sns.set_theme(context="paper", style="whitegrid")
 
@@ -67,10 +67,12 @@ def publish(draw, name: str, data: dict, fig_dir: str | Path, run_dir: str | Pat
 
     draw: a function of this module. data: arrays/tensors (stored in .npz) and JSON-able values.
     `lib.figures.redraw` later rebuilds every figure from the artefacts alone, without recomputing.
+    The figure is recorded in run_dir/figures.json (`lib.results.record_figure`): the report embeds only those.
     """
     save_artefact(run_dir, name, draw.__name__, data)
     fig = draw(**data)
-    savefig(fig, fig_dir, name)
+    png = savefig(fig, fig_dir, name)[0]
+    record_figure(run_dir, name, png)
     return fig
 
 

@@ -5,7 +5,8 @@ from lib.
     from lib.progress import tqdm          # drop-in for `from tqdm.auto import tqdm`
 
 The pipeline starts notebook kernels with ROBINTERP_PROGRESS=lines (`kernel_env`), so an executed
-notebook holds one line per stage, never a bar's every refresh.
+notebook holds one line per stage, never a bar's every refresh; `Relay` passes those lines on to the
+pipeline's terminal or CI log as they are printed.
 """
 
 from __future__ import annotations
@@ -77,6 +78,25 @@ def tqdm(iterable=None, *, desc: str = "", total=None, disable: bool = False, in
         kwargs.setdefault("mininterval", MININTERVAL)
         return live(iterable, desc=desc, total=total, initial=initial, unit=unit, **kwargs)
     return Lines(iterable, desc, total, initial, unit)
+
+
+class Relay:
+    """A write-only text sink (papermill's `stdout_file`) that passes each complete line to `log`, indented by
+    `prefix` and cut at `width` characters: a kernel's stage lines reach the terminal and CI as they happen."""
+
+    def __init__(self, log=print, prefix: str = "", width: int = 160):
+        self.log, self.prefix, self.width, self.buffer = log, prefix, width, ""
+
+    def write(self, text: str) -> int:
+        self.buffer += text.replace("\r", "\n")
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            if line.strip():
+                self.log(f"{self.prefix}{line[:self.width]}", flush=True)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def kernel_env() -> dict:

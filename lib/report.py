@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import os
+import re
 from pathlib import Path
 
 from lib import claims, conditions, profiles
@@ -54,13 +55,26 @@ def caption(stem: str) -> str:
     return CAPTIONS[key] if key else stem
 
 
-def figures(run_dir: Path, fig_dir: Path, summary: dict) -> list[Path]:
-    """The PNG figures this run wrote: the manifest in summary.json where present, else the figure folder."""
-    listed = summary.get("_figures")
-    if isinstance(listed, list):
-        paths = [Path(f["path"]) if isinstance(f, dict) else Path(f) for f in listed]
-        return [p if p.is_absolute() else run_dir / p for p in paths if p.suffix == ".png"]
-    return sorted(fig_dir.glob("*.png"))
+def figures(summary: dict, fig_dir: str | Path) -> list[Path]:
+    """The PNGs this run's notebooks wrote, in notebook order: summary.json's `_figures` manifest (recorded by
+    `lib.plotting.publish`), found in `fig_dir` (where `make figures` redraws them) or where they were written.
+    Never a glob of the folder, so figures an earlier run left there are not shown."""
+    out = []
+    for entry in summary.get("_figures", []):
+        for path in (Path(fig_dir) / f"{entry['name']}.png", Path(entry.get("path", ""))):
+            if path.suffix == ".png" and path.is_file():
+                out.append(path)
+                break
+    return out
+
+
+def run_lines(summary: dict) -> list[str]:
+    """What this run used and did not do: its overrides per notebook, and each notebook not run, with why."""
+    used = summary.get("_overrides", {})
+    lines = [f"{k}: overrides {json.dumps(v)}" for k, v in used.items() if v]
+    if not lines and used:
+        lines = ["no overrides: every notebook ran with the profile as written"]
+    return lines + [f"{k}: **not run**: {why}" for k, why in summary.get("_not_run", {}).items()]
 
 
 def write(run_dir: str | Path, fig_dir: str | Path, profile: dict) -> tuple[Path, Path]:
@@ -71,7 +85,7 @@ def write(run_dir: str | Path, fig_dir: str | Path, profile: dict) -> tuple[Path
         raise FileNotFoundError(f"{summary_path} is missing: run the pipeline first (make reproduce).")
     summary = json.loads(summary_path.read_text())
     page = Page(profile, summary, claims.evaluate(summary, profile), claims.checks(summary, profile),
-                figures(run_dir, fig_dir, summary), conditions.describe(summary, profile))
+                figures(summary, fig_dir), conditions.describe(summary, profile))
     (run_dir / "REPORT.md").write_text(page.markdown(run_dir))
     (run_dir / "REPORT.html").write_text(page.html())
     return run_dir / "REPORT.md", run_dir / "REPORT.html"
@@ -153,8 +167,9 @@ class Page:
         for claim, figs in self.grouped():
             out += [f"### {claim}", ""] + [f"- [{p.stem}]({os.path.relpath(p, run_dir)}): {caption(p.stem)}"
                                            for p in figs] + [""]
-        out += ["## Environment", ""] + [f"- {line}" for line in conditions.environment_lines(self.summary,
-                                                                                           self.profile)]
+        out += ["## What ran", ""] + [f"- {line}" for line in run_lines(self.summary)]
+        out += ["", "## Environment", ""] + [f"- {line}" for line in conditions.environment_lines(self.summary,
+                                                                                               self.profile)]
         out += ["", "## Wall time per notebook", "", "| notebook | seconds |", "|---|---|"]
         out += [f"| {k} | {v:.0f} |" for k, v in (self.summary.get("_timings_s") or {}).items()]
         return "\n".join(out) + "\n"
@@ -186,13 +201,16 @@ class Page:
         times = "".join(f"<tr><td>{e(k)}</td><td>{v:.0f}</td></tr>"
                         for k, v in (self.summary.get("_timings_s") or {}).items())
         rule = e(RULE).replace("**", "")
+        ran = "".join("<li>" + re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e(line)) + "</li>"
+                      for line in run_lines(self.summary))
         return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(self.title)}</title>"
                 f"<style>{_CSS}</style>{_CHECK}</head><body><h1>{e(self.title)}</h1><p>{rule}</p>"
                 f"<h2>Conditions</h2><ul>{cond}</ul><h2>Claims</h2><div class='wide'><table><tr>{head}</tr>{rows}"
                 f"</table></div><p>Verdicts: {e(self.counts())}.</p>{paper}<h2>Implementation checks</h2><p>Theorems "
                 f"that hold unless the code is wrong: not evidence.</p><table><tr><th>check</th><th>ours</th>"
                 f"<th>verdict</th><th>note</th></tr>{checks}</table><h2>Figures</h2>{figs}<h2>Environment</h2>"
-                f"<ul>{envs}</ul><h2>Wall time per notebook</h2><table><tr><th>notebook</th><th>seconds</th></tr>"
+                f"<ul>{envs}</ul><h2>What ran</h2><ul>{ran}</ul><h2>Wall time per notebook</h2><table><tr>"
+                f"<th>notebook</th><th>seconds</th></tr>"
                 f"{times}</table></body></html>\n")
 
 

@@ -69,11 +69,23 @@ def to_jsonable(obj):
     return obj
 
 
+def temp_beside(path: str | Path) -> tuple[int, str]:
+    """(fd, name) of a new temporary file in `path`'s folder for an atomic write (os.replace it onto `path`).
+
+    Unlike bare `tempfile.mkstemp` (always 0600), its mode follows the umask, as `open(path, "w")` would."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def write_json(path: str | Path, obj) -> Path:
     """Atomic JSON write: a crash leaves the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = temp_beside(path)
     with os.fdopen(fd, "w") as f:
         json.dump(to_jsonable(obj), f, indent=2, sort_keys=False)
         f.write("\n")
@@ -81,6 +93,35 @@ def write_json(path: str | Path, obj) -> Path:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+# ---------------------------------------------------------------- the figures a run wrote
+
+FIGURE_MANIFEST = "figures.json"  # run_dir/figures.json: {notebook number: [{name, notebook, path}, ...]}
+
+
+def record_figure(run_dir: str | Path, name: str, path: str | Path) -> None:
+    """Note in run_dir/figures.json that figure `name` (e.g. "02_ig_grid", saved at `path`) was written by
+    notebook name[:2]; the report embeds exactly the recorded figures."""
+    book = name[:2] if name[:2].isdigit() else "other"
+    manifest = read_figures(run_dir)
+    entries = [e for e in manifest.get(book, []) if e["name"] != name]
+    manifest[book] = entries + [{"name": name, "notebook": book, "path": str(path)}]
+    write_json(Path(run_dir) / FIGURE_MANIFEST, manifest)
+
+
+def forget_figures(run_dir: str | Path, notebook: str) -> None:
+    """Drop the figures of notebook number `notebook` (e.g. "02") before it runs again, so figures it no
+    longer draws (after an override) leave the report."""
+    manifest = read_figures(run_dir)
+    if manifest.pop(notebook, None) is not None:
+        write_json(Path(run_dir) / FIGURE_MANIFEST, manifest)
+
+
+def read_figures(run_dir: str | Path) -> dict:
+    """{notebook number: [{name, notebook, path}]} from run_dir/figures.json ({} if none was written)."""
+    path = Path(run_dir) / FIGURE_MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def save_metrics(run_dir: str | Path, stem: str, metrics: dict, *, device=None) -> Path:

@@ -42,6 +42,10 @@ def test_every_notebook_saved_figures_and_their_data(smoke_run):
         assert pngs, f"{nb.stem} saved no figure"
         assert all(p.with_suffix(".pdf").is_file() for p in pngs)
         assert all((smoke_run / "artefacts" / f"{p.stem}.npz").is_file() for p in pngs), "figure without data"
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert sorted(e["name"] for e in summary["_figures"]) == sorted(p.stem for p in figs.glob("*.png"))
+    assert summary["_not_run"] == {} and set(summary["_overrides"]) == {p.stem for p in pipeline.notebooks()}
+    assert not list((smoke_run / "notebooks").glob("*.partial.ipynb"))
 
 
 def test_figures_redraw_from_artefacts_alone(smoke_run, tmp_path):

@@ -32,7 +32,7 @@ def test_environment_yml_agrees_with_pyproject():
 def test_dependencies_cover_the_design_card_and_admit_local_torch():
     deps = {d.split(">")[0].split("<")[0].split("=")[0].strip(): d for d in PYPROJECT["project"]["dependencies"]}
     for pkg in ("torch", "torchvision", "jupyterlab", "papermill", "captum", "shap", "seaborn", "pytorch-fid",
-                "ipykernel", "tqdm", "safetensors"):
+                "ipykernel", "ipywidgets", "tqdm", "safetensors"):
         assert pkg in deps, pkg
     assert Version("2.14.1") in SpecifierSet(deps["torch"][len("torch"):])
     assert Version("0.29.1") in SpecifierSet(deps["torchvision"][len("torchvision"):])

@@ -27,3 +27,12 @@ def test_live_bars_on_a_terminal_refresh_at_most_twice_a_second(monkeypatch):
     assert bar.mininterval == progress.MININTERVAL >= 0.5
     bar.close()
     assert progress.kernel_env()[progress.ENV] == "lines"
+
+
+def test_relay_passes_complete_kernel_lines_on_as_they_come():
+    said = []
+    relay = progress.Relay(lambda line, **k: said.append(line), prefix="  ", width=10)
+    relay.write("epoch 1/3: 5")
+    assert said == []  # an incomplete line waits for its end
+    relay.write("0 steps\n\nnext\rbar 2\n" + "x" * 30 + "\n")
+    assert said == ["  epoch 1/3:", "  next", "  bar 2", "  " + "x" * 10]

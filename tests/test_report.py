@@ -20,9 +20,13 @@ def _write(tmp_path):
     prof = profiles.load("smoke")
     summary = summary_for(prof)
     summary["01_training"]["units"] = {"robust@0": {"model": "robust", "best_epoch": 4}}
-    summary.update({"_timings_s": {"01_training": 12.0}, "_environment": {"device": "cpu"}})
+    summary.update({"_timings_s": {"01_training": 12.0}, "_environment": {"device": "cpu"},
+                    "_figures": [{"name": n, "notebook": n[:2], "path": str(fig_dir / f"{n}.png")}
+                                 for n in ("01_accuracy", "02_b")],
+                    "_overrides": {"01_training": {}, "02_attributions": {"attributions": {"grids": ["ig"]}}},
+                    "_not_run": {"06_fid": "failed: RuntimeError: boom"}})
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    for name in ("01_accuracy", "02_b"):
+    for name in ("01_accuracy", "02_b", "02_stale"):  # 02_stale: left by an earlier run, not in the manifest
         fig, ax = plt.subplots(figsize=(2, 2))
         ax.plot([0, 1], [1, 0])
         fig.savefig(fig_dir / f"{name}.png")
@@ -45,7 +49,26 @@ def test_report_shows_conditions_every_claim_with_n_p_and_figures_under_their_cl
     assert section.index(rob.claim) < section.index("01_accuracy") < section.index("Other figures") \
         < section.index("02_b")
     assert "## Implementation checks" in text and "Clean and PGD test accuracy" in text
-    assert page.read_text().count("data:image/png;base64,") == 2
+    assert page.read_text().count("data:image/png;base64,") == 2 and "02_stale" not in text + page.read_text()
+
+
+def test_report_shows_the_overrides_and_what_did_not_run(tmp_path):
+    (md, page), _, _ = _write(tmp_path)
+    text = md.read_text()
+    assert '- 02_attributions: overrides {"attributions": {"grids": ["ig"]}}' in text
+    assert "- 06_fid: **not run**: failed: RuntimeError: boom" in text and "01_training: overrides" not in text
+    assert "<b>not run</b>: failed: RuntimeError: boom" in page.read_text()
+
+
+def test_figures_come_from_the_manifest_found_in_the_figure_folder_or_where_written(tmp_path):
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "01_a.png").write_bytes(b"png")
+    (tmp_path / "02_b.png").write_bytes(b"png")
+    summary = {"_figures": [{"name": "01_a", "notebook": "01", "path": str(tmp_path / "gone" / "01_a.png")},
+                            {"name": "02_b", "notebook": "02", "path": str(tmp_path / "02_b.png")},
+                            {"name": "03_c", "notebook": "03", "path": str(tmp_path / "03_c.png")}]}
+    assert report.figures(summary, tmp_path / "moved") == [tmp_path / "moved" / "01_a.png", tmp_path / "02_b.png"]
+    assert report.figures({}, tmp_path) == []  # no manifest: nothing is embedded, whatever the folder holds
 
 
 def test_missing_summary_says_what_to_run(tmp_path):
