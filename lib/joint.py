@@ -98,28 +98,52 @@ def _linear(z: torch.Tensor, layers) -> torch.Tensor:
 
 
 @exact_fp32
-def evaluate_many(members, ds, *, eps: float, step_size: float, steps: int, norm: str = "l2", batch_size: int = 256,
+def evaluate_many(members, ds, *, eps, step_size, steps: int, norm: str = "l2", batch_size: int = 256,
                   max_images: int | None = None, device="cpu", seeds: list[int], progress: bool = False) -> list[dict]:
-    """train.evaluate of every member at once: clean and PGD accuracy (%) on the first `max_images` of `ds`,
-    member k's PGD starts drawn from its own generator seeded `seeds[k]`, batch by batch as train.evaluate."""
+    """train.evaluate of every member at once, as train.evaluate returns it (clean_acc, pgd_acc in %, n, and
+    per image `correct`), on the first `max_images` of `ds`. eps, step_size: one float, or one per member;
+    member k's PGD starts come from its own generator seeded `seeds[k]`, batch by batch as in train.evaluate."""
     joint, k = JointCNN(list(members)), len(members)
+    eps, step_size = (list(v) if isinstance(v, (list, tuple)) else [v] * k for v in (eps, step_size))
     n = len(ds) if max_images is None else min(len(ds), max_images)
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    correct, robust = torch.zeros(k), torch.zeros(k)
+    clean, robust = [], []
     for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
         x, y = ds.batch(torch.arange(start, min(n, start + batch_size)), device)
-        xs, ys = x.repeat(k, 1, 1, 1), y.repeat(k)
+        xs, ys, b = x.repeat(k, 1, 1, 1), y.repeat(k), len(y)
         with torch.no_grad(), models.eval_mode(joint):
-            correct += (joint(xs).argmax(1) == ys).view(k, -1).sum(1).cpu()
-        if eps == 0:  # as attacks.pgd: no start drawn, nothing attacked
-            xa = xs
-        else:
-            noise = torch.cat([attacks.random_perturbation(x, eps, norm, generator=g) for g in gens])
-            xa = attacks.pgd(joint, xs, ys, eps=eps, step_size=step_size, steps=steps, norm=norm, delta0=noise)
+            clean.append((joint(xs).argmax(1) == ys).view(k, b))
+        # as attacks.pgd: a member attacked at eps 0 draws no start and keeps its images
+        noise = torch.cat([attacks.random_perturbation(x, e, norm, generator=g) if e else torch.zeros_like(x)
+                           for e, g in zip(eps, gens)])
+        xa = attacks.pgd(joint, xs, ys, eps=_rows(eps, x, b), step_size=_rows(step_size, x, b), steps=steps,
+                         norm=norm, delta0=noise)
         with torch.no_grad(), models.eval_mode(joint):
-            robust += (joint(xa).argmax(1) == ys).view(k, -1).sum(1).cpu()
-    return [{"clean_acc": 100.0 * float(c) / n, "pgd_acc": 100.0 * float(r) / n, "n": n}
-            for c, r in zip(correct, robust)]
+            robust.append((joint(xa).argmax(1) == ys).view(k, b))
+    clean, robust = torch.cat(clean, 1).int().cpu(), torch.cat(robust, 1).int().cpu()
+    return [{"clean_acc": 100.0 * c.sum().item() / n, "pgd_acc": 100.0 * r.sum().item() / n, "n": n,
+             "correct": {"clean": c.tolist(), "pgd": r.tolist()}} for c, r in zip(clean, robust)]
+
+
+def validate_many(members, val_ds, cfgs: list[dict], device) -> list[dict]:
+    """train.validate of every member: clean and PGD accuracy at the evaluation ε, and for PGD-trained members
+    PGD accuracy at their own training ε (`own_pgd_acc`, step 2.5·ε/val_steps), each from its own seed."""
+    ev, seeds = cfgs[0]["eval"], [c["seed"] for c in cfgs]
+    kw = dict(steps=ev["val_steps"], max_images=cfgs[0]["val_images"], device=device, seeds=seeds)
+    vals = evaluate_many(members, val_ds, eps=ev["eps"], step_size=ev["step_size"], norm=ev["norm"], **kw)
+    own = [c["eps"] if c["mode"] == "pgd" else 0.0 for c in cfgs]
+    if any(own):
+        owns = evaluate_many(members, val_ds, eps=own, step_size=[2.5 * e / ev["val_steps"] for e in own],
+                             norm=cfgs[0]["norm"], **kw)
+        for v, o, e in zip(vals, owns, own):
+            if e > 0:
+                v["own_pgd_acc"] = o["pgd_acc"]
+    return vals
+
+
+def _rows(values: list[float], x: torch.Tensor, b: int) -> torch.Tensor:
+    """(N·B,) tensor: member k's value on its B rows."""
+    return torch.tensor(values, dtype=x.dtype, device=x.device).repeat_interleave(b)
 
 
 class _Member:
@@ -213,14 +237,12 @@ def _run(group: list[_Member], train_ds, val_ds, arch, spe, device, data_root, p
                     m.save()
             bar.update()
         bar.close()
-        vals = evaluate_many([m.model for m in group], val_ds, eps=ev["eps"], step_size=ev["step_size"],
-                             steps=ev["val_steps"], norm=ev["norm"], max_images=cfg0["val_images"], device=device,
-                             seeds=[m.cfg["seed"] for m in group])
+        vals = validate_many([m.model for m in group], val_ds, [m.cfg for m in group], device)
         for m, val in zip(group, vals):
             s = m.state
             row = {"epoch": epoch + 1, "lr": m.sched.get_last_lr()[0], "train_loss": m.run_loss / (1 - 0.9 ** spe),
-                   "train_acc": 100 * m.run_acc / (1 - 0.9 ** spe), "val_clean_acc": val["clean_acc"],
-                   "val_pgd_acc": val["pgd_acc"]}
+                   "train_acc": 100 * m.run_acc / (1 - 0.9 ** spe),
+                   **{f"val_{k}": v for k, v in val.items() if k not in ("n", "correct")}}
             metric = recipe.selection_metric(m.cfg, val)
             if metric > s["best_metric"]:  # selection on val, never on test
                 s["best_metric"], s["best_epoch"] = metric, epoch + 1
@@ -243,7 +265,8 @@ def _run(group: list[_Member], train_ds, val_ds, arch, spe, device, data_root, p
         s = m.state
         meta = {**m.meta, "config": m.cfg, "config_hash": profiles.config_hash(m.cfg), "arch": arch,
                 "metrics": {"clean_acc": test["clean_acc"], "pgd_acc": test["pgd_acc"], "test_images": test["n"],
-                            "best_epoch": s.get("best_epoch"), "val_metric": s["best_metric"]},
+                            "best_epoch": s.get("best_epoch"), "val_metric": s["best_metric"],
+                            "correct": test["correct"]},
                 "history": s["history"], "train_seconds": s["seconds"], "world_size": 1,
                 "environment": environment(device)}
         checkpoints.save_model(m.model, meta, m.out_dir)
@@ -257,7 +280,8 @@ def _step(net: JointCNN, group: list[_Member], x, y, gens, amp_dtype) -> tuple[l
     if cfg0["mode"] == "pgd":
         noise = torch.cat([attacks.random_perturbation(torch.empty_like(x[:b]), c["eps"], c["norm"], generator=g)
                            for c, g in zip(cfgs, gens)])
-        x = attacks.pgd(net, x, y, eps=_per_example(cfgs, "eps", x, b), step_size=_per_example(cfgs, "step_size", x, b),
+        x = attacks.pgd(net, x, y, eps=_rows([c["eps"] for c in cfgs], x, b),
+                        step_size=_rows([c["step_size"] for c in cfgs], x, b),
                         steps=cfg0["steps"], norm=cfg0["norm"], delta0=noise, autocast=amp_dtype)
     with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         if cfg0["mode"] == "gradnorm":
@@ -282,7 +306,3 @@ def _step(net: JointCNN, group: list[_Member], x, y, gens, amp_dtype) -> tuple[l
     accs = (logits.argmax(1) == y).float().view(n, b).mean(1).cpu()
     return values.tolist(), accs.tolist()
 
-
-def _per_example(cfgs: list[dict], key: str, x: torch.Tensor, b: int) -> torch.Tensor:
-    """(N·B,) tensor: member k's cfg[key] on its B rows."""
-    return torch.tensor([c[key] for c in cfgs], dtype=x.dtype, device=x.device).repeat_interleave(b)

@@ -101,11 +101,17 @@ def arch_of(cfg: dict, ds: data.ImageTensorDataset) -> dict:
 
 
 def selection_metric(cfg: dict, val: dict) -> float:
-    """Checkpoint selection on val: `select` pgd, clean, mean (of the two; Boychev's code) or auto
-    (PGD accuracy for PGD training, clean accuracy otherwise)."""
-    kind = cfg["select"] if cfg["select"] != "auto" else ("pgd" if cfg["mode"] == "pgd" else "clean")
+    """Checkpoint selection on val (`select`): auto — a PGD-trained model by PGD accuracy at its own training ε
+    (not at the evaluation ε, which would pick an early, less accurate checkpoint of a weakly trained model),
+    every other model by clean accuracy; mean — the mean of clean and PGD accuracy (Boychev's code; PGD at the
+    model's own ε when it is PGD-trained, else at the evaluation ε); pgd — PGD accuracy at the evaluation ε;
+    clean. `val`: train.validate's dict (clean_acc, pgd_acc and, for PGD models, own_pgd_acc)."""
+    robust = val.get("own_pgd_acc", val["pgd_acc"])
+    kind = cfg["select"]
+    if kind == "auto":
+        return robust if "own_pgd_acc" in val else val["clean_acc"]
     if kind == "mean":
-        return 0.5 * (val["clean_acc"] + val["pgd_acc"])
+        return 0.5 * (val["clean_acc"] + robust)
     if kind in ("pgd", "clean"):
         return val[f"{kind}_acc"]
     raise ValueError(f"unknown checkpoint selection {cfg['select']!r}; use auto, pgd, clean or mean")
