@@ -283,9 +283,10 @@ def _dist_setup(device: torch.device) -> tuple[int, int]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Train (or resume) one model of a profile.")
+    p = argparse.ArgumentParser(description="Train (or resume) models of a profile: one, or several together.")
     p.add_argument("--profile", required=True, help="profile name or path to a YAML file")
-    p.add_argument("--model", required=True, help="model key of the profile, e.g. standard or robust")
+    p.add_argument("--model", required=True, nargs="+", help="model key(s) of the profile, e.g. standard robust")
+    p.add_argument("--seed", type=int, nargs="+", default=[0], help="training-seed indices (default 0)")
     p.add_argument("--run-dir", default=None, help="default: runs/<profile>")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--data-root", default=str(DATA_DIR))
@@ -293,11 +294,17 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     prof = profiles.load(a.profile)
     run_dir = a.run_dir or RUNS_DIR / prof["name"]
-    model = get_model(prof, a.model, run_dir, device=a.device, data_root=a.data_root, progress=not a.no_progress)
+    units = [(k, i) for k in a.model for i in a.seed]
+    kw = dict(device=a.device, data_root=a.data_root, progress=not a.no_progress)
+    if len(units) == 1:  # one model: lib.train alone, DDP under torchrun
+        trained = {profiles.unit_id(*units[0]): get_model(prof, units[0][0], run_dir, seed=units[0][1], **kw)}
+    else:  # several: jointly where train.joint allows (lib.joint)
+        trained = get_models(prof, units, run_dir, **kw)
     if int(os.environ.get("RANK", "0")) == 0:
-        m = model.meta["metrics"]
-        print(f"{a.model}: clean {m['clean_acc']:.2f}%  PGD {m['pgd_acc']:.2f}%  -> "
-              f"{profiles.model_dir(run_dir, prof, a.model)}")
+        for (key, seed), (unit, model) in zip(units, trained.items()):
+            m = model.meta["metrics"]
+            print(f"{unit}: clean {m['clean_acc']:.2f}%  PGD {m['pgd_acc']:.2f}%  -> "
+                  f"{profiles.model_dir(run_dir, prof, key, seed)}")
     if dist.is_initialized():
         dist.destroy_process_group()
 
