@@ -162,7 +162,7 @@ def recipe_table(metrics: dict, seed: int = 0):
         cols[q] = {r: f"{v['mean']:.1f} [{v['lo']:.1f}, {v['hi']:.1f}]" for r, v in table.items()}
         cols["seeds"] = {r: v["seeds"] for r, v in table.items()}
     epochs: dict = {}
-    for u, row in metrics["units"].items():
+    for row in metrics["units"].values():
         epochs.setdefault(row["model"], []).append(row.get("best_epoch"))
     cols["selected epochs"] = {r: ", ".join(str(e) for e in v) for r, v in epochs.items()}
     return pd.DataFrame(cols)
