@@ -76,14 +76,72 @@ def run(condition: str, policy: str, path: Path, work: Path, model: str) -> dict
             "load_after": os.getloadavg()}
 
 
+def child_steps(steps: int, threads: int) -> None:
+    """In a fresh process: `steps` PGD-5 training steps of default pgd_0.5; prints wall and CPU seconds."""
+    import resource
+
+    import torch
+
+    from lib import models, train
+
+    torch.set_num_threads(threads)
+    cfg = profiles.model_config(profiles.load("default"), "pgd_0.5")
+    torch.manual_seed(0)
+    net = models.build("small_cnn", 10, 1, 28, **cfg["arch_kwargs"])
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x, y = torch.rand(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    for i in range(steps + 2):  # two warm-up steps
+        if i == 2:
+            t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        train._train_step(net, net, x, y, cfg, opt, scaler, None, torch.Generator().manual_seed(i), 0, 1)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"wall": time.perf_counter() - t0, "cpu": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime}))
+
+
+def micro(policies, threads_list, steps: int, repeats: int) -> list[dict]:
+    """Step timing in fresh processes per (policy, threads), interleaved, under whatever load there is."""
+    rows = []
+    for rep in range(repeats):
+        for policy in policies:
+            for threads in threads_list:
+                env = {**os.environ, "PYTHONPATH": str(ROOT)}
+                for k in QUIET_OPENMP:
+                    env.pop(k, None)
+                if policy == "passive":
+                    env.update(QUIET_OPENMP)
+                load0 = os.getloadavg()[0]
+                out = subprocess.run([sys.executable, __file__, "--child-steps", str(steps), "--threads", str(threads)],
+                                     env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+                r = {**json.loads(out.strip().splitlines()[-1]), "policy": policy, "threads": threads, "repeat": rep,
+                     "load_before": load0, "load_after": os.getloadavg()[0]}
+                rows.append(r)
+                print(f"{policy:8s} threads={threads}: {1000 * r['wall'] / steps:7.1f} ms/step wall, "
+                      f"{1000 * r['cpu'] / steps:7.1f} ms/step CPU  (load {load0:.1f})", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--child-steps", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, nargs="+", default=[usable_cpus()])
+    p.add_argument("--micro", action="store_true", help="step timing per policy and thread count instead")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--model", default="pgd_0.5")
     p.add_argument("--subset", type=int, default=None, help="train_subset of a shortened schedule")
     p.add_argument("--policies", nargs="+", default=["spin", "passive"], choices=["spin", "passive"])
     p.add_argument("--conditions", nargs="+", default=["alone", "two_trainings", "busy2"])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load.json"))
     a = p.parse_args(argv)
+    if a.child_steps:
+        child_steps(a.child_steps, a.threads[0])
+        return 0
+    if a.micro:
+        rows = micro(a.policies, a.threads, a.steps, a.repeats)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"cpus": usable_cpus(), "micro": rows}, indent=1))
+        return 0
     cpus = usable_cpus()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

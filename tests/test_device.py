@@ -125,3 +125,18 @@ def test_cpu_threads_follow_the_affinity_mask(monkeypatch):
 def test_quiet_openmp_env_keeps_a_users_choice():
     assert device.quiet_openmp_env({}) == {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
     assert device.quiet_openmp_env({"OMP_WAIT_POLICY": "ACTIVE"}) == {"KMP_BLOCKTIME": "0"}
+
+
+def test_importing_lib_first_makes_idle_openmp_threads_sleep():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {k: v for k, v in __import__("os").environ.items() if k not in device.QUIET_OPENMP}
+    code = "import lib, os; print(os.environ['OMP_WAIT_POLICY'], os.environ['KMP_BLOCKTIME'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [device.QUIET_OPENMP["OMP_WAIT_POLICY"], device.QUIET_OPENMP["KMP_BLOCKTIME"]]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's choice stays
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "ACTIVE"
