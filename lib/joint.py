@@ -45,11 +45,12 @@ def unsupported(cfg: dict) -> str | None:
 
 
 def wanted(cfg: dict, device: torch.device) -> bool:
-    """The `joint` knob: true, false, or auto (joint; benchmarks/README.md: 1.2-1.6x on the 2-core CPU)."""
+    """The `joint` knob: true, false, or auto: joint on CUDA, one model at a time on CPU, where the grouped
+    convolutions did not pay (benchmarks/README.md, "Joint training": 0.13-1.05x on the 2-core CPU under load)."""
     knob = cfg.get("joint", "auto")
     if knob not in ("auto", True, False):
         raise ValueError(f"train.joint must be auto, true or false, got {knob!r}")
-    return knob is not False
+    return device.type == "cuda" if knob == "auto" else knob
 
 
 def groups(cfgs: list[dict], device: torch.device) -> list[list[int]]:

@@ -25,7 +25,7 @@ RTOL = 1e-5
 
 def _cfgs(mode: str) -> list[dict]:
     base = profiles.model_config(tiny_profile(epochs=2), KEYS[mode])
-    cfgs = [dict(base, seed=s) for s in (0, 1, 2)]
+    cfgs = [dict(base, seed=s, joint=True) for s in (0, 1, 2)]  # auto is one by one on CPU
     cfgs[2]["lr"] = 0.02  # per-member optimiser settings
     if mode == "pgd":
         cfgs[1].update(eps=0.3, step_size=0.15)
@@ -77,11 +77,15 @@ def test_on_disk_format_is_lib_trains(tmp_path):
 
 
 def test_grouping_rules():
-    base = profiles.model_config(tiny_profile(), "robust")
+    base = dict(profiles.model_config(tiny_profile(), "robust"), joint=True)
     cfgs = [base, dict(base, seed=5, eps=0.1, lr=0.01), dict(base, batch_size=16), dict(base, steps=2),
             dict(base, joint=False), dict(base, arch="resnet18_cifar"), dict(base, mode="standard")]
     assert joint.groups(cfgs, torch.device("cpu")) == [[0, 1], [2], [3], [4], [5], [6]]
     assert "small_cnn only" in joint.unsupported(cfgs[5])
+    auto = [dict(base, joint="auto"), dict(base, joint="auto", seed=1)]
+    assert joint.groups(auto, torch.device("cpu")) == [[0], [1]]  # the benchmark: no gain on this CPU
+    assert joint.groups(auto, torch.device("cuda")) == [[0, 1]]
+    assert profiles.config_hash(auto[0]) == profiles.config_hash(base)  # a runtime key: same model folder
     with pytest.raises(ValueError, match="train.joint must be auto, true or false"):
         joint.groups([dict(base, joint="yes")], torch.device("cpu"))
 
@@ -115,7 +119,7 @@ def _cli(path, run_dir):
 
 @pytest.mark.slow
 def test_joint_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
-    prof = tiny_profile(epochs=3, ckpt_every=3)
+    prof = tiny_profile(epochs=3, ckpt_every=3, joint=True)
     prof["seeds"] = 3
     path = write_profile(prof, tmp_path / "tiny.yaml")
     prof = profiles.load(path)
