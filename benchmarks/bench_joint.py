@@ -87,6 +87,39 @@ def time_mode(mode: str, n: int, device, layout: str, steps: int, warmup: int, r
             "joint_ms": j, "speedup": s / j, "seq_all": seq, "joint_all": jnt}
 
 
+def _layers(x, a, b, groups):
+    import torch.nn.functional as F
+
+    z = F.max_pool2d(F.relu(F.conv2d(x, a, None, padding=1, groups=groups)), 2)
+    F.max_pool2d(F.relu(F.conv2d(z, b, None, padding=1, groups=groups)), 2).sum().backward()
+
+
+def _probe(n: int, batch: int, calls: int) -> list[dict]:
+    w1, w2 = torch.randn(n, 16, 1, 3, 3, requires_grad=True), torch.randn(n, 32, 16, 3, 3, requires_grad=True)
+    xs = torch.rand(n, batch, 1, 28, 28)
+    grouped = xs.transpose(0, 1).reshape(batch, n, 28, 28)
+    variants = {"sequential": lambda: [_layers(xs[k], w1[k], w2[k], 1) for k in range(n)],
+                "grouped_nchw": lambda: _layers(grouped, w1.flatten(0, 1), w2.flatten(0, 1), n),
+                "grouped_channels_last": lambda: _layers(grouped.contiguous(memory_format=torch.channels_last),
+                                                         w1.flatten(0, 1), w2.flatten(0, 1), n)}
+    rows = []
+    for name, fn in variants.items():
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rows.append({"n": n, "variant": name, "ms": (time.perf_counter() - t0) / calls * 1000,
+                     "load": os.getloadavg()[0]})
+        print(f"layers N={n:2d} {name:22s} {rows[-1]['ms']:8.0f} ms (load {rows[-1]['load']:.1f})", flush=True)
+    return rows
+
+
+def layer_probe(ns=(3, 6, 12), batch: int = 128, calls: int = 3) -> list[dict]:
+    """The two conv-relu-pool layers of N small_cnn models, forward + backward: N grouped (NCHW and channels_last)
+    vs N one after another; ms per call."""
+    return [r for n in ns for r in _probe(n, batch, calls)]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, nargs="+", default=[1, 3, 6, 12])
@@ -98,7 +131,11 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None)
+    p.add_argument("--layers", action="store_true", help="only the grouped-convolution layer probe (CPU)")
     a = p.parse_args(argv)
+    if a.layers:
+        print(json.dumps(layer_probe(), indent=1))
+        return 0
     device = resolve_device(a.device)
     rows = []
     load0 = os.getloadavg()
