@@ -9,7 +9,8 @@
 2. CPU vs device agreement of every attribution method and of alignment.measure, same weights, same inputs;
 3. peak GPU memory of the heavy calls: ρ̃ over 150 classes, boundary search on 1000 images, AGI;
 4. the whole notebook pipeline on a tiny CIFAR-format profile (generated files) on the device;
-5. benchmarks/results/gpu-<device>.json and the table between the gpu-check markers of benchmarks/README.md.
+5. joint training (lib.joint): N = 1, 6, 12 default small_cnn models stepped together vs one after another;
+6. benchmarks/results/gpu-<device>.json and the table between the gpu-check markers of benchmarks/README.md.
 Data are synthetic tensors and generated CIFAR-format files; FID features are the domain extractor (the tiny
 profile), so no Inception weights are needed.
 """
@@ -32,6 +33,9 @@ sys.path.insert(0, str(ROOT))
 from lib import alignment, attributions, boundary, models, pipeline, profiles, synthetic, train  # noqa: E402
 from lib.device import allow_tf32, exact_fp32, resolve_device  # noqa: E402
 from lib.results import environment  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_joint  # noqa: E402
 
 TRAIN_SIZE = {"cifar10": 45000, "imagenet150": 90000}  # train split after the val hold-out
 README = ROOT / "benchmarks" / "README.md"
@@ -168,6 +172,13 @@ def tiny_pipeline(device, quick: bool, work: Path) -> dict:
             "timings_s": json.loads((work / "run" / "timings.json").read_text())}
 
 
+def time_joint(device, quick: bool) -> list[dict]:
+    """bench_joint's rows: ms per step of N default small_cnn models, sequential vs joint, per mode."""
+    plan = ((2,), ("standard", "pgd"), 1, 1, 1) if quick else ((1, 6, 12), ("standard", "pgd", "gradnorm"), 10, 3, 3)
+    ns, modes, steps, warmup, repeats = plan
+    return [bench_joint.time_mode(m, n, device, "channels_last", steps, warmup, repeats) for m in modes for n in ns]
+
+
 def markdown(res: dict) -> str:
     env = res["environment"]
     gpu = env.get("device_name") or res["device"]
@@ -185,6 +196,10 @@ def markdown(res: dict) -> str:
     lines += ["", "| heavy call | peak GiB | s |", "|---|---|---|"]
     lines += [f"| {k} | {v['peak_gib']:.2f} | {v['seconds']:.1f} |" for k, v in res["memory"].items()
               if isinstance(v, dict)]
+    lines += ["", "| joint training, default small_cnn | N | one after another (ms/step) | joint (ms/step) | speedup |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['mode']} | {r['n']} | {r['sequential_ms']:.1f} | {r['joint_ms']:.1f} | {r['speedup']:.2f}x |"
+              for r in res.get("joint", [])]
     p = res["pipeline"]
     lines += ["", f"Tiny CIFAR-format pipeline on the device: {p['seconds']:.0f} s ({', '.join(p['notebooks'])})."]
     return "\n".join(lines)
@@ -216,6 +231,8 @@ def main(argv=None) -> int:
     print(f"training steps timed ({time.perf_counter() - t0:.0f} s)", flush=True)
     res["agreement"] = agreement(device, a.quick)
     res["memory"] = peak_memory(device, a.quick)
+    res["joint"] = time_joint(device, a.quick)
+    print(f"joint training timed ({time.perf_counter() - t0:.0f} s)", flush=True)
     with tempfile.TemporaryDirectory() as work:
         res["pipeline"] = tiny_pipeline(device, a.quick, Path(work))
     res["seconds"] = time.perf_counter() - t0

@@ -60,3 +60,37 @@ def exact_fp32(fn=None):
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+# ---------------------------------------------------------------- a shared CPU
+
+# OpenMP threads that wait at a barrier spin by default (libgomp: ~300k spins, a few ms, before sleeping), so on a
+# CPU shared with other jobs every process burns its cores while waiting for the others' time slices
+# (benchmarks/README.md, "A shared CPU"). PASSIVE makes idle threads sleep; KMP_BLOCKTIME is the same setting
+# for Intel's OpenMP. Both are read once, when the OpenMP runtime loads (import torch), so they belong in the
+# environment of a process before it starts: `quiet_openmp_env` is what a launcher adds for the processes it starts.
+QUIET_OPENMP = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset, a cgroup cpuset or SLURM)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def set_cpu_threads(n: int | None = None) -> int:
+    """torch's intra-op threads: `n`, or one per usable CPU (torch's default counts every CPU of the machine,
+    even those the affinity mask forbids, and oversubscribes). Returns the number set."""
+    n = n or usable_cpus()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def quiet_openmp_env(env: dict | None = None) -> dict:
+    """The QUIET_OPENMP variables that `env` (default os.environ) does not set already: a user's choice stays.
+    E.g. `os.environ.update(quiet_openmp_env())` before starting kernels or workers."""
+    env = os.environ if env is None else env
+    return {k: v for k, v in QUIET_OPENMP.items() if k not in env}

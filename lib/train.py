@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from lib import attacks, checkpoints, data, distributed, models, profiles
+from lib import attacks, checkpoints, data, distributed, joint, models, profiles, recipe
 from lib.device import allow_tf32, exact_fp32, resolve_device
 from lib.paths import DATA_DIR, RUNS_DIR
 from lib.progress import interactive, tqdm
@@ -50,6 +47,50 @@ def get_model(profile: dict, key: str, run_dir: str | Path, *, seed: int = 0, de
     return train(cfg, out_dir, device=device, data_root=data_root, progress=progress,
                  meta_extra={"profile": profile["name"], "key": key, "seed_index": seed,
                              "unit": profiles.unit_id(key, seed)})
+
+
+def get_models(profile: dict, units, run_dir: str | Path, *, device="cpu", data_root="data",
+               train_if_missing: bool = True, progress: bool = True) -> dict[str, models.Classifier]:
+    """{unit id: model} for `units` ("key@i" strings or (key, i) pairs, seed index i as in profiles.units):
+    finished ones loaded, the missing ones trained by `train_many` (jointly where `train.joint` allows)."""
+    pairs = [profiles.split_unit(u) if isinstance(u, str) else (u[0], int(u[1])) for u in units]
+    for key, _ in pairs:
+        if "source" in (profile["models"].get(key) or {}):
+            raise ValueError(f"model {key!r} of profile {profile['name']!r} is a published checkpoint, not a recipe; "
+                             "load it with zoo.get_model.")
+    dirs = [profiles.model_dir(run_dir, profile, k, seed=i) for k, i in pairs]
+    missing = [(k, i) for (k, i), d in zip(pairs, dirs) if not checkpoints.is_complete(d)]
+    if missing and not train_if_missing:
+        k, i = missing[0]
+        raise FileNotFoundError(f"model {k}@{i} of profile {profile['name']!r} is not trained yet: run notebook 01 "
+                                f"or `python -m lib.train --profile {profile['name']} --model {k} --run-dir "
+                                f"{run_dir}` first.")
+    cfgs = [profiles.model_config(profile, k, seed=i) for k, i in pairs]
+    metas = [{"profile": profile["name"], "key": k, "seed_index": i, "unit": profiles.unit_id(k, i)} for k, i in pairs]
+    trained = train_many(cfgs, dirs, device=device, data_root=data_root, progress=progress, metas=metas)
+    return {f"{k}@{i}": m for (k, i), m in zip(pairs, trained)}
+
+
+def train_many(cfgs: list[dict], out_dirs: list[Path], *, device="cpu", data_root="data", progress: bool = True,
+               metas: list[dict] | None = None) -> list[models.Classifier]:
+    """Train (or resume, or load) every config into its folder: groups of equal shared settings jointly
+    (lib.joint, where each config's `joint` knob allows), the rest one by one with `train`. Returns the
+    models in the order of `cfgs`, each exactly as `train` would have written it (up to float summation order)."""
+    if len(cfgs) != len(out_dirs) or (metas is not None and len(metas) != len(cfgs)):
+        raise ValueError("train_many needs one out_dir (and one meta, if given) per config.")
+    device = resolve_device(device)
+    metas = list(metas) if metas is not None else [None] * len(cfgs)
+    todo = [i for i, d in enumerate(out_dirs) if not checkpoints.is_complete(d)]
+    for group in joint.groups([cfgs[i] for i in todo], device):
+        idx = [todo[g] for g in group]
+        if len(idx) == 1:
+            train(cfgs[idx[0]], out_dirs[idx[0]], device=device, data_root=data_root, progress=progress,
+                  meta_extra=metas[idx[0]])
+            continue
+        with allow_tf32(cfgs[idx[0]]["tf32"]):
+            joint.train_group([cfgs[i] for i in idx], [Path(out_dirs[i]) for i in idx], device=device,
+                              data_root=data_root, progress=progress, metas=[metas[i] for i in idx])
+    return [checkpoints.load_model(d, device, config=c) for d, c in zip(out_dirs, cfgs)]  # verified against cfg
 
 
 @exact_fp32
@@ -87,12 +128,8 @@ def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", pro
 def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -> None:
     torch.manual_seed(cfg["seed"])
     opts = cfg.get("dataset_options") or {}
-    train_ds = data.load(cfg["dataset"], "train", data_root, **opts)
-    val_ds = data.load(cfg["dataset"], "val", data_root, **opts)
-    if cfg["train_subset"]:
-        train_ds = train_ds.subset(torch.arange(min(cfg["train_subset"], len(train_ds))))
-    train_ds = _place(train_ds, device, cfg["data_on_device"])
-    arch = _arch(cfg, train_ds)
+    train_ds, val_ds = recipe.train_data(cfg, data_root, device)
+    arch = recipe.arch_of(cfg, train_ds)
     model = models.build(arch["name"], arch["num_classes"], arch["in_channels"], arch["image_size"],
                          **arch["kwargs"]).to(device)
     if world > 1:  # before the optimizer exists: the conversion makes new parameter tensors
@@ -104,7 +141,7 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
     if cfg["batch_size"] % world:
         raise ValueError(f"batch_size {cfg['batch_size']} must be divisible by the {world} processes")
     steps_per_epoch = len(train_ds) // cfg["batch_size"]  # drop_last: every step sees a full batch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, recipe.lr_lambda(cfg, steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["amp"] == "fp16")
     state = {"epoch": 0, "step": 0, "history": [], "best": None, "best_metric": -1.0, "seconds": 0.0}
     state_path = out_dir / checkpoints.STATE_FILE
@@ -114,7 +151,7 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
-        _set_rng(saved["rng"])
+        recipe.set_rng(saved["rng"])
         state = saved["loop"]
         if rank == 0:
             print(f"resuming {out_dir.name} at epoch {state['epoch']} step {state['step']}")
@@ -128,12 +165,12 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
         if rank == 0:
             checkpoints.save_state({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                                    "rng": _get_rng(), "loop": state}, state_path)
+                                    "rng": recipe.get_rng(), "loop": state}, state_path)
 
     t_start = time.time() - state["seconds"]
     while state["epoch"] < cfg["epochs"]:
         epoch = state["epoch"]
-        order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(_seed(cfg, epoch)))
+        order = recipe.batch_order(cfg, epoch, len(train_ds))
         bar = tqdm(total=steps_per_epoch, initial=state["step"], desc=f"{out_dir.name} epoch {epoch + 1}/"
                    f"{cfg['epochs']}", disable=not progress or rank > 0 or not interactive(), leave=False,
                    unit="steps")  # not interactive: the epoch line below is the one summary line
@@ -141,9 +178,9 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
         while state["step"] < steps_per_epoch:
             step = state["step"]
             idx = order[step * cfg["batch_size"]:(step + 1) * cfg["batch_size"]]
-            gen = torch.Generator(device=device).manual_seed(_seed(cfg, epoch, step))
+            gen = torch.Generator(device=device).manual_seed(recipe.step_seed(cfg, epoch, step))
             x, y = train_ds.batch(idx[rank::world], device)  # read only this rank's share of the global batch
-            x = _augment(x, cfg["augment"], gen, len(idx), slice(rank, None, world))
+            x = recipe.augment(x, cfg["augment"], gen, len(idx), slice(rank, None, world))
             loss, acc = _train_step(net, attack_model, x, y, cfg, opt, scaler, amp_dtype, gen, rank, world)
             sched.step()
             run_loss, run_acc = 0.9 * run_loss + 0.1 * loss, 0.9 * run_acc + 0.1 * acc
@@ -160,7 +197,7 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
         if rank == 0:
             val = validate(model, val_ds, cfg, device)
             row.update({f"val_{k}": v for k, v in val.items() if k not in ("n", "correct")})
-            metric = _selection_metric(cfg, val)
+            metric = recipe.selection_metric(cfg, val)
             if metric > state["best_metric"]:  # selection on val, never on test
                 state["best_metric"], state["best_epoch"] = metric, epoch + 1
                 state["best"] = copy.deepcopy(model.state_dict())
@@ -220,69 +257,7 @@ def _train_step(net, model, x, y, cfg, opt, scaler, amp_dtype, gen, rank, world)
     return loss.item(), (logits.argmax(1) == y).float().mean().item()
 
 
-def _augment(x: torch.Tensor, kind: str | None, gen: torch.Generator, n_global: int | None = None,
-             share: slice = slice(None)) -> torch.Tensor:
-    """crop_flip: random 4-pixel-padded crop and horizontal flip, drawn from `gen`.
-
-    The draws are made for the `n_global` images of the global batch and their `share` applied to x,
-    so a rank that holds only its rows augments them exactly as one process would."""
-    if kind is None:
-        return x
-    if kind != "crop_flip":
-        raise ValueError(f"unknown augmentation {kind!r}; use null or crop_flip")
-    n, _, h, w = x.shape
-    total = n_global or n
-    pad = F.pad(x, (4, 4, 4, 4), mode="reflect")
-    dx, dy = (torch.randint(0, 9, (total,), generator=gen, device=x.device)[share] for _ in range(2))
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    out = pad[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)
-              [None, :, None, None], rows, cols]
-    flip = torch.rand(total, generator=gen, device=x.device)[share] < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
-
-
-def _lr_lambda(cfg: dict, steps_per_epoch: int):
-    total = max(1, cfg["epochs"] * steps_per_epoch)
-    warm = cfg["warmup_epochs"] * steps_per_epoch
-
-    def f(t: int) -> float:
-        if t < warm:
-            return (t + 1) / warm
-        if cfg["schedule"] == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, total - warm)))
-        if cfg["schedule"] == "step":
-            return 0.1 ** sum(t >= m * steps_per_epoch for m in cfg["milestones"])
-        if cfg["schedule"] == "onecycle":  # linear up to the peak at 40 %, then linearly to 0
-            peak = 0.4 * total
-            return t / peak if t < peak else max(0.0, (total - t) / (total - peak))
-        if cfg["schedule"] == "constant":
-            return 1.0
-        raise ValueError(f"unknown schedule {cfg['schedule']!r}; use cosine, step, onecycle or constant")
-
-    return f
-
-
 # ---------------------------------------------------------------- helpers
-
-def _place(ds: data.ImageTensorDataset, device: torch.device, on_device: bool) -> data.ImageTensorDataset:
-    """On a GPU: the whole dataset on it (small datasets), or in pinned memory for non-blocking copies
-    (up to PIN_BYTES; a larger store, such as ImageNet-150's memory-mapped cache, stays mapped)."""
-    if device.type != "cuda":
-        return ds
-    if on_device:
-        return ds.to(device)
-    return ds.to(device, pin=True) if len(ds) * ds.store[0].numel() <= PIN_BYTES else ds
-
-
-PIN_BYTES = 4 << 30
-
-
-def _arch(cfg: dict, ds: data.ImageTensorDataset) -> dict:
-    c, _, size = ds.shape
-    return {"name": cfg["arch"], "num_classes": len(ds.classes), "in_channels": c,
-            "image_size": size, "kwargs": dict(cfg["arch_kwargs"])}
-
 
 def validate(model, val_ds, cfg: dict, device) -> dict:
     """Validation accuracy (%) that selects the checkpoint: clean, PGD at the evaluation ε (`pgd_acc`) and, for a
@@ -295,47 +270,6 @@ def validate(model, val_ds, cfg: dict, device) -> dict:
                        steps=ev["val_steps"], **{**kw, "norm": cfg["norm"]})
         val["own_pgd_acc"] = own["pgd_acc"]
     return val
-
-
-def _selection_metric(cfg: dict, val: dict) -> float:
-    """Checkpoint selection on val (`select`): auto — a PGD-trained model by PGD accuracy at its own training ε
-    (not at the evaluation ε, which would pick an early, less accurate checkpoint of a weakly trained model),
-    every other model by clean accuracy; mean — the mean of clean and PGD accuracy (Boychev's code; PGD at the
-    model's own ε when it is PGD-trained, else at the evaluation ε); pgd — PGD accuracy at the evaluation ε;
-    clean."""
-    robust = val.get("own_pgd_acc", val["pgd_acc"])
-    kind = cfg["select"]
-    if kind == "auto":
-        return robust if "own_pgd_acc" in val else val["clean_acc"]
-    if kind == "mean":
-        return 0.5 * (val["clean_acc"] + robust)
-    if kind in ("pgd", "clean"):
-        return val[f"{kind}_acc"]
-    raise ValueError(f"unknown checkpoint selection {cfg['select']!r}; use auto, pgd, clean or mean")
-
-
-def _seed(cfg: dict, epoch: int, step: int = -1) -> int:
-    return (cfg["seed"] * 1_000_003 + epoch * 100_003 + step + 1) % 2**63
-
-
-def _get_rng() -> dict:
-    np_state = np.random.get_state()
-    py = random.getstate()
-    rng = {"torch": torch.get_rng_state(), "python": list(py[1]), "python_gauss": py[2],
-           "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
-           "numpy_gauss": [int(np_state[3]), float(np_state[4])]}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def _set_rng(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"])
-    random.setstate((3, tuple(rng["python"]), rng["python_gauss"]))
-    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"],
-                         *rng["numpy_gauss"]))
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _dist_setup(device: torch.device) -> tuple[int, int]:
@@ -366,9 +300,10 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    p = argparse.ArgumentParser(description="Train (or resume) one model of a profile.")
+    p = argparse.ArgumentParser(description="Train (or resume) models of a profile: one, or several together.")
     p.add_argument("--profile", required=True, help="profile name or path to a YAML file")
-    p.add_argument("--model", required=True, help="model key of the profile, e.g. standard or robust")
+    p.add_argument("--model", required=True, nargs="+", help="model key(s) of the profile, e.g. standard robust")
+    p.add_argument("--seed", type=int, nargs="+", default=[0], help="training-seed indices (default 0)")
     p.add_argument("--run-dir", default=None, help="default: runs/<profile>")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--data-root", default=str(DATA_DIR))
@@ -376,11 +311,17 @@ def _main(argv) -> int:
     a = p.parse_args(argv)
     prof = profiles.load(a.profile)
     run_dir = a.run_dir or RUNS_DIR / prof["name"]
-    model = get_model(prof, a.model, run_dir, device=a.device, data_root=a.data_root, progress=not a.no_progress)
+    units = [(k, i) for k in a.model for i in a.seed]
+    kw = dict(device=a.device, data_root=a.data_root, progress=not a.no_progress)
+    if len(units) == 1:  # one model: lib.train alone, DDP under torchrun
+        trained = {profiles.unit_id(*units[0]): get_model(prof, units[0][0], run_dir, seed=units[0][1], **kw)}
+    else:  # several: jointly where train.joint allows (lib.joint)
+        trained = get_models(prof, units, run_dir, **kw)
     if int(os.environ.get("RANK", "0")) == 0:
-        m = model.meta["metrics"]
-        print(f"{a.model}: clean {m['clean_acc']:.2f}%  PGD {m['pgd_acc']:.2f}%  -> "
-              f"{profiles.model_dir(run_dir, prof, a.model)}")
+        for (key, seed), (unit, model) in zip(units, trained.items()):
+            m = model.meta["metrics"]
+            print(f"{unit}: clean {m['clean_acc']:.2f}%  PGD {m['pgd_acc']:.2f}%  -> "
+                  f"{profiles.model_dir(run_dir, prof, key, seed)}")
     return 0
 
 

@@ -98,12 +98,12 @@ def get_model(profile: dict, key: str, run_dir, *, seed: int = 0, device="cpu", 
 
 
 def get_models(profile: dict, units: list[str], run_dir, **kw) -> dict[str, models.Classifier]:
-    """{unit: model} for unit ids such as 'robust@1' (lib.profiles.units), each as `get_model` gives it."""
-    out = {}
-    for unit in units:
-        key, seed = profiles.split_unit(unit)
-        out[unit] = get_model(profile, key, run_dir, seed=seed, **kw)
-    return out
+    """{unit: model} for unit ids such as 'robust@1' (lib.profiles.units), in their order: published checkpoints
+    loaded, trained models through `train.get_models` (the missing ones trained, jointly where `train.joint` says)."""
+    external = {u for u in units if is_external(profile, profiles.split_unit(u)[0])}
+    trained = train.get_models(profile, [u for u in units if u not in external], run_dir, **kw)
+    return {u: get_model(profile, profiles.split_unit(u)[0], run_dir, **kw) if u in external else trained[u]
+            for u in units}
 
 
 def load_external(cfg: dict, *, device="cpu", data_root="data") -> models.Classifier:

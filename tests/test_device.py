@@ -109,3 +109,34 @@ def _flag_checking(pgd, seen):
         return pgd(model, x, y, **k)
 
     return wrapped
+
+
+def test_cpu_threads_follow_the_affinity_mask(monkeypatch):
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert device.usable_cpus() == 3
+    before = torch.get_num_threads()
+    try:
+        assert device.set_cpu_threads() == 3 and torch.get_num_threads() == 3
+        assert device.set_cpu_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_quiet_openmp_env_keeps_a_users_choice():
+    assert device.quiet_openmp_env({}) == {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+    assert device.quiet_openmp_env({"OMP_WAIT_POLICY": "ACTIVE"}) == {"KMP_BLOCKTIME": "0"}
+
+
+def test_importing_lib_first_makes_idle_openmp_threads_sleep():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {k: v for k, v in __import__("os").environ.items() if k not in device.QUIET_OPENMP}
+    code = "import lib, os; print(os.environ['OMP_WAIT_POLICY'], os.environ['KMP_BLOCKTIME'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [device.QUIET_OPENMP["OMP_WAIT_POLICY"], device.QUIET_OPENMP["KMP_BLOCKTIME"]]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's choice stays
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "ACTIVE"

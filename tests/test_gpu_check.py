@@ -22,5 +22,8 @@ def test_gpu_check_quick_on_cpu(tmp_path):
     assert "attributions.ig" in res["agreement"] and "alignment.rho_lin" in res["agreement"]
     assert max(v for v in res["agreement"].values() if v is not None) == 0  # CPU against itself
     assert res["pipeline"]["notebooks"] == ["01_training"]
+    assert {(r["mode"], r["n"]) for r in res["joint"]} == {("standard", 2), ("pgd", 2)}
+    assert all(r["joint_ms"] > 0 and r["sequential_ms"] > 0 for r in res["joint"])
     readme = (tmp_path / "README.md").read_text()
     assert "\nold\n" not in readme and "| cifar10 | pgd-20 |" in readme and readme.endswith("tail\n")
+    assert "| pgd | 2 |" in readme

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, tiny_profile, write_profile
-from lib import checkpoints, profiles, synthetic, train
+from lib import checkpoints, profiles, recipe, synthetic, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -107,16 +107,16 @@ def test_unknown_profile_and_model_errors():
 
 def test_lr_schedules():
     cfg = {**profiles.TRAIN_DEFAULTS, "epochs": 10, "schedule": "step", "milestones": [5, 8]}
-    f = train._lr_lambda(cfg, 10)
+    f = recipe.lr_lambda(cfg, 10)
     assert f(0) == 1 and f(49) == 1 and f(50) == pytest.approx(0.1) and f(85) == pytest.approx(0.01)
-    f = train._lr_lambda({**cfg, "schedule": "cosine"}, 10)
+    f = recipe.lr_lambda({**cfg, "schedule": "cosine"}, 10)
     assert f(0) == 1 and f(50) == pytest.approx(0.5) and f(100) == pytest.approx(0)
 
 
 def test_augmentation_is_seeded_and_shape_preserving():
     x = torch.rand(8, 3, 32, 32)
-    a = train._augment(x, "crop_flip", torch.Generator().manual_seed(1))
-    b = train._augment(x, "crop_flip", torch.Generator().manual_seed(1))
+    a = recipe.augment(x, "crop_flip", torch.Generator().manual_seed(1))
+    b = recipe.augment(x, "crop_flip", torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
 
 
