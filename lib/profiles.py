@@ -17,13 +17,14 @@ TRAIN_DEFAULTS = {
     "train_subset": None, "ckpt_every": 200, "val_images": 1000, "mode": "standard",
     "norm": "l2", "eps": 0.0, "step_size": 0.0, "steps": 0, "lam": 0.0, "channels_last": False,
     "compile": False, "data_on_device": False, "tf32": True, "select": "auto",
+    "labels": "original",
 }
 # A model entry with `source:` names a published checkpoint (lib/zoo.py) instead of a training recipe.
 EXTERNAL_KEYS = ("source", "path", "arch", "name", "wnids", "mean", "std")
 # Speed options that leave the trained weights' meaning unchanged: not part of a model's identity.
 RUNTIME_KEYS = ("compile", "data_on_device", "tf32")
 # Settings added after models were trained: left out of the hash at these values, so those models keep their folder.
-HASH_SILENT_DEFAULTS = {"select": "auto"}
+HASH_SILENT_DEFAULTS = {"select": "auto", "labels": "original"}
 
 
 def known() -> list[str]:

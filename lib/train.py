@@ -84,6 +84,7 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
     val_ds = data.load(cfg["dataset"], "val", data_root, **opts)
     if cfg["train_subset"]:
         train_ds = train_ds.subset(torch.arange(min(cfg["train_subset"], len(train_ds))))
+    train_ds = _labels(cfg, train_ds)
     train_ds = _place(train_ds, device, cfg["data_on_device"])
     arch = _arch(cfg, train_ds)
     model = models.build(arch["name"], arch["num_classes"], arch["in_channels"], arch["image_size"],
@@ -257,6 +258,17 @@ def _lr_lambda(cfg: dict, steps_per_epoch: int):
 
 
 # ---------------------------------------------------------------- helpers
+
+def _labels(cfg: dict, ds: data.ImageTensorDataset) -> data.ImageTensorDataset:
+    """`labels: shuffled`: the training labels permuted by a generator seeded with cfg["seed"] (Adebayo et
+    al.'s data-randomisation test: a model that can only memorise); `original` (default): unchanged."""
+    if cfg["labels"] == "original":
+        return ds
+    if cfg["labels"] != "shuffled":
+        raise ValueError(f"unknown labels {cfg['labels']!r}; use original or shuffled")
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(cfg["seed"]))
+    return data.ImageTensorDataset(ds.store, ds.labels[perm.to(ds.labels.device)], ds.classes, index=ds.index)
+
 
 def _place(ds: data.ImageTensorDataset, device: torch.device, on_device: bool) -> data.ImageTensorDataset:
     """On a GPU: the whole dataset on it (small datasets), or in pinned memory for non-blocking copies
