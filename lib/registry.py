@@ -19,10 +19,12 @@ ANALYSIS = ROOT / "analysis.md"
 REQUIRED = {"concentration": ("measure", "method", "grid", "frac", "direction", "sweep"),
             "sanity": ("threshold", "bound"), "panel": ("measures", "methods")}
 _BLOCK = re.compile(r"^```ya?ml[ \t]*\n(.*?)^```", re.S | re.M)
+_STAMP = re.compile(r"registered at commit ([0-9a-f]{7,40}) on (\d{4}-\d{2}-\d{2})", re.I)
 
 
 def read(path: str | Path = ANALYSIS) -> dict:
-    """The one ```yaml block of `path` as a dict, checked for the keys the code reads (REQUIRED)."""
+    """The one ```yaml block of `path` as a dict, checked for the keys the code reads (REQUIRED), plus
+    "registered": {"commit", "date"} from the file's "registered at commit X on YYYY-MM-DD" line (None if absent)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: it registers the analysis decisions; restore it from git.")
@@ -38,4 +40,6 @@ def read(path: str | Path = ANALYSIS) -> dict:
             raise ValueError(f"the ```yaml block of {path} lacks {section}.{', '.join(missing)}.")
     if reg["concentration"]["direction"] not in ("higher", "lower"):
         raise ValueError(f"{path}: concentration.direction must be higher or lower.")
+    stamp = _STAMP.search(path.read_text())
+    reg["registered"] = {"commit": stamp.group(1), "date": stamp.group(2)} if stamp else None
     return reg

@@ -12,14 +12,13 @@ def test_repository_registration_is_complete_and_names_its_commit():
     reg = registry.read()
     assert reg["concentration"]["measure"] == "region_mass" and reg["concentration"]["grid"] == 8
     assert 0 < reg["sanity"]["threshold"] < 1
-    text = registry.ANALYSIS.read_text()
-    assert "2026-12-01" in text and "registered at commit" in text
+    assert reg["registered"]["date"] == "2026-12-01" and len(reg["registered"]["commit"]) == 40
 
 
 def test_read_parses_the_block_and_rejects_malformed_files(tmp_path):
     good = tmp_path / "a.md"
     good.write_text(BLOCK)
-    assert registry.read(good)["concentration"]["frac"] == 0.1
+    assert registry.read(good)["concentration"]["frac"] == 0.1 and registry.read(good)["registered"] is None
     two = tmp_path / "two.md"
     two.write_text(BLOCK + BLOCK)
     with pytest.raises(ValueError, match="exactly one"):
