@@ -4,8 +4,9 @@ import pytest
 
 from lib import registry
 
-BLOCK = """# decisions\nprose\n\n```yaml\nconcentration: {measure: region_mass, method: ig, grid: 8, frac: 0.1,
-  direction: higher, sweep: pgd}\nsanity: {threshold: 0.5, bound: upper}\npanel: {measures: [gini], methods: [ig]}\n```\n"""
+BLOCK = ("# decisions\nprose\n\n```yaml\nconcentration: {measure: region_mass, method: ig, grid: 8, frac: 0.1,\n"
+         "  direction: higher, sweep: pgd}\nsanity: {threshold: 0.5, bound: upper}\n"
+         "panel: {measures: [gini], methods: [ig]}\n```\n")
 
 
 def test_repository_registration_is_complete_and_names_its_commit():
