@@ -230,11 +230,47 @@ def panel(per_image: dict, sweep: dict, registered: dict, methods, *, n_boot: in
                                     "significant": sum(r["agrees"] and r["p"] < 0.05 for r in finite)}}
 
 
-def panel_table(panel_metrics: dict) -> list[dict]:
-    """The panel's rows flattened for a DataFrame: measure, method, one "recipe" column "mean [lo, hi]", τ, p."""
+def panel_table(panel_metrics: dict, sanity: dict | None = None) -> list[dict]:
+    """The panel's rows flattened for a DataFrame: measure, method, one "recipe" column "mean [lo, hi]", τ, p,
+    and with `sanity` (metrics["sanity"]) the method's sanity flag: "pass", "FAILS on <models>" or "not run"."""
     out = []
     for r in panel_metrics["rows"]:
         cells = {k: f"{v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" for k, v in r["per_recipe"].items()}
-        out.append({"measure": r["measure"], "method": r["method"], **cells, "tau": round(r["tau"], 2),
-                    "p": round(r["p"], 4), "agrees": r["agrees"]})
+        row = {"measure": r["measure"], "method": r["method"], **cells, "tau": round(r["tau"], 2),
+               "p": round(r["p"], 4), "agrees": r["agrees"]}
+        if sanity is not None:
+            row["sanity"] = sanity_flag(sanity, r["method"])
+        out.append(row)
     return out
+
+
+def sanity_flag(sanity: dict, method: str) -> str:
+    """"pass" when the method passed the registered sanity rule on every model checked, else which failed."""
+    per_model = sanity.get(method)
+    if not per_model:
+        return "not run"
+    failed = [m for m, v in per_model.items() if v["passes"] is not True]
+    return "pass" if not failed else "FAILS on " + ", ".join(failed)
+
+
+def panel_figure(panel_metrics: dict, sweep: dict, decision: str) -> dict:
+    """Long-format data of plotting.concentration_panel from `panel`'s result; decision: "measure · method"."""
+    keys = ("measure", "method", "eps", "mean", "lo", "hi", "agrees")
+    out = {k: [] for k in keys}
+    for r in panel_metrics["rows"]:
+        for recipe, v in r["per_recipe"].items():
+            for k, val in zip(keys, (r["measure"], r["method"], sweep[recipe], v["mean"], v["lo"], v["hi"],
+                                     r["agrees"])):
+                out[k].append(val)
+    return {**out, "decision": decision}
+
+
+def on_object(per_image: dict, x: torch.Tensor, threshold: float | None) -> dict | None:
+    """{"object_area": mean share of the image area, "share": {method: {unit: mean on-object share}}}."""
+    if threshold is None:
+        return None
+    share: dict = {}
+    for unit, methods in per_image.items():
+        for name, row in methods.items():
+            share.setdefault(name, {})[unit] = _mean(row["object"])
+    return {"object_area": _mean(object_area(x, threshold)), "share": share}

@@ -18,6 +18,7 @@ import torch
 from scipy.stats import rankdata
 
 from lib import stats
+from lib.attributions import explain
 from lib.models import unwrap
 
 _REINIT = 0x5A17C0DE
@@ -103,3 +104,41 @@ def report(casc: list, data: dict | None, rule: dict, seed: int = 0) -> dict:
         passes, reason = verdict(rows[-1], dr, rule)
         out[method] = {"cascade": rows, "data_randomisation": dr, "passes": passes, "reason": reason}
     return out
+
+
+SETTINGS = {"images": 16, "stages": None}  # a profile's attributions.sanity may change either
+
+
+def check(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, cfg: dict, rule: dict, *,
+          background: torch.Tensor, shuffled: torch.nn.Module | None = None, seed: int = 0, methods=None) -> dict:
+    """Both tests for every method (default cfg["methods"]) on `model`, maps from lib.attributions.explain with
+    the profile's `attributions` cfg, of x (N,C,H,W) in [0,1] for the fixed `target` (N,) (the trained model's
+    prediction). shuffled: the shuffled-label model, or None (cascade only). Returns `report`'s dict."""
+    opts = {**SETTINGS, **(cfg.get("sanity") or {})}
+
+    def maps_of(net):
+        return explain(net, x, target, cfg, background=background, seed=seed, methods=methods).maps
+
+    maps = maps_of(model)
+    casc = cascade(model, maps_of, maps, n_stages=opts["stages"], seed=seed)
+    data = None if shuffled is None else {m: spearman_abs(maps[m], v) for m, v in maps_of(shuffled).items()}
+    return report(casc, data, rule, seed)
+
+
+def by_method(reports: dict) -> dict:
+    """{model: {method: r}} (one `check` per model) → metrics["sanity"] = {method: {model: r}}."""
+    out: dict = {}
+    for model, rep in reports.items():
+        for method, r in rep.items():
+            out.setdefault(method, {})[model] = r
+    return out
+
+
+def table(sanity_metrics: dict) -> list[dict]:
+    """Rows for a DataFrame: method, model, ρ after full randomisation, ρ with the shuffled-label model, verdict."""
+    def fmt(t):
+        return None if t is None else f"{t['spearman']:.2f} [{t['lo']:.2f}, {t['hi']:.2f}]"
+
+    return [{"method": method, "model": model, "cascade_last": fmt(r["cascade"][-1]),
+             "shuffled_labels": fmt(r["data_randomisation"]), "passes": r["passes"], "reason": r["reason"]}
+            for method, per_model in sanity_metrics.items() for model, r in per_model.items()]

@@ -106,7 +106,7 @@ def test_smoke_notebook_metrics(smoke_run):
         assert 0 < conc["per_model"][key] <= 1 and conc["by_method"][key]["ig"] == conc["per_model"][key]
     assert set(metrics["per_unit"]["concentration"]) == {"standard@0", "robust@0"}
     assert {r["measure"] for r in metrics["panel"]["rows"]} >= {"region_mass_4", "object", "deletion_gain"}
-    for method, per_model in metrics["sanity"].items():
+    for per_model in metrics["sanity"].values():
         assert set(per_model) == {"standard", "robust"}
         assert per_model["standard"]["passes"] in (True, False, None) and per_model["standard"]["reason"]
         assert per_model["robust"]["data_randomisation"] is not None

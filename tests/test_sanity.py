@@ -67,3 +67,21 @@ def test_cascade_on_a_cnn_decorrelates_saliency_and_the_rule_flags_a_method_that
     assert rep["input"]["passes"] is False and rep["input"]["cascade"][-1]["spearman"] == pytest.approx(1.0)
     data = {"saliency": torch.full((16,), 0.9), "input": torch.ones(16)}
     assert sanity.report(casc, data, {"threshold": 0.5, "bound": "upper"})["saliency"]["passes"] is False
+
+
+def test_shuffled_labels_are_a_seeded_permutation_in_the_config_hash():
+    from lib import data, profiles, train
+
+    prof = profiles.load("smoke")
+    cfg = profiles.model_config(prof, "shuffled")
+    ds = data.load("digits", "train")
+    a, b = train._labels(cfg, ds), train._labels(cfg, ds)
+    assert torch.equal(a.labels, b.labels) and not torch.equal(a.labels, ds.labels)
+    assert torch.equal(a.labels.sort().values, ds.labels.sort().values)  # the same labels, reassigned
+    assert torch.equal(a.batch(torch.arange(5))[0], ds.batch(torch.arange(5))[0])  # the same images
+    assert train._labels(profiles.model_config(prof, "standard"), ds) is ds
+    std = profiles.model_config(prof, "standard")
+    assert profiles.config_hash(std) != profiles.config_hash({**std, "labels": "shuffled"})
+    assert profiles.config_hash(std) == profiles.config_hash({k: v for k, v in std.items() if k != "labels"})
+    with pytest.raises(ValueError, match="original or shuffled"):
+        train._labels({**cfg, "labels": "noisy"}, ds)
