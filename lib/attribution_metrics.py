@@ -204,8 +204,8 @@ def panel(per_image: dict, sweep: dict, registered: dict, methods, *, n_boot: in
     """Every registered panel measure × method over the sweep's units: {"rows": [{"measure", "method", "grid",
     "direction_claimed", "per_recipe": {recipe: {"mean", "lo", "hi"}}, "tau", "p", "sign", "agrees"}...],
     "count": {"agree", "total", "significant"}}. Intervals: lib.stats.hierarchical (seeds, then images);
-    τ and its one-sided p in the claimed direction: lib.stats.trend_test over units. Every measure claims "higher"
-    (more concentrated, more on the object, more faithful with training ε)."""
+    τ and its one-sided p in the claimed direction: lib.stats.trend_test over units. The concentration measures claim
+    the registered direction ("higher": more concentrated, more on the object), the faithfulness gains "higher"."""
     direction = registered["concentration"]["direction"]
     units = [u for u in per_image if _recipe(u) in sweep]
     rows = []
@@ -216,7 +216,7 @@ def panel(per_image: dict, sweep: dict, registered: dict, methods, *, n_boot: in
                 continue
             per_unit = {u: per_image[u][method][measure].float().numpy() for u in have}
             table = stats.hierarchical(per_unit, n_boot=n_boot, seed=seed).table()
-            d = -1 if direction == "lower" and measure.startswith("region_mass") else 1
+            d = 1 if measure.endswith("_gain") or direction == "higher" else -1  # gains: always "more faithful"
             tr = stats.trend_test(stats.unit_means(per_unit), sweep, direction=d, seed=seed)
             sign = 0 if not math.isfinite(tr["tau"]) else int(np.sign(tr["tau"]))
             grid = measure.rpartition("_")[2] if measure.startswith("region_mass") else None
