@@ -254,13 +254,16 @@ def sanity_flag(sanity: dict, method: str) -> str:
 
 
 def panel_figure(panel_metrics: dict, sweep: dict, decision: str) -> dict:
-    """Long-format data of plotting.concentration_panel from `panel`'s result; decision: "measure · method"."""
-    keys = ("measure", "method", "eps", "mean", "lo", "hi", "agrees")
+    """Long-format data of plotting.concentration_panel from `panel`'s result, the rows with a trend (methods run
+    on the whole sweep); decision: "measure · method"."""
+    keys = ("measure", "method", "eps", "mean", "lo", "hi", "points")
     out = {k: [] for k in keys}
     for r in panel_metrics["rows"]:
+        if r["tau"] is None or not math.isfinite(r["tau"]):
+            continue
+        points = 0 if r["sign"] == 0 else (1 if r["agrees"] else -1)  # the claimed way, the other, neither
         for recipe, v in r["per_recipe"].items():
-            for k, val in zip(keys, (r["measure"], r["method"], sweep[recipe], v["mean"], v["lo"], v["hi"],
-                                     r["agrees"])):
+            for k, val in zip(keys, (r["measure"], r["method"], sweep[recipe], v["mean"], v["lo"], v["hi"], points)):
                 out[k].append(val)
     return {**out, "decision": decision}
 

@@ -104,7 +104,11 @@ def test_smoke_notebook_metrics(smoke_run):
     assert conc["key"] == "region_mass_8" and conc["sweep"] == ["standard", "robust"]
     for key in conc["sweep"]:
         assert 0 < conc["per_model"][key] <= 1 and conc["by_method"][key]["ig"] == conc["per_model"][key]
-    assert set(metrics["per_unit"]["concentration"]) == {"standard@0", "robust@0"}
+    from lib import profiles
+
+    prof = profiles.load("smoke")
+    assert list(metrics["per_unit"]["concentration"]) == profiles.units(prof, conc["sweep"])
+    assert all(len(v) == metrics["n_images"] for v in metrics["per_unit"]["concentration"].values())
     assert {r["measure"] for r in metrics["panel"]["rows"]} >= {"region_mass_4", "object", "deletion_gain"}
     for per_model in metrics["sanity"].values():
         assert set(per_model) == {"standard", "robust"}
