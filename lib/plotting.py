@@ -363,3 +363,34 @@ def attribution_metrics(model: list, method: list, **values):
     axes[-1, 0].tick_params(axis="x", rotation=45)
     fig.tight_layout()
     return fig
+
+
+def concentration_panel(measure: list, method: list, eps: list, mean, lo, hi, points: list, decision: str = ""):
+    """The panel: one small plot per measure (rows) × method (columns), mean with its 95 % interval against
+    training ε (long format: one entry per measure, method, recipe). points: +1 the trend over units (Kendall's τ)
+    points the claimed way (green), −1 the other way (red), 0 no trend (grey)."""
+    df = pd.DataFrame({"measure": measure, "method": method, "eps": eps, "mean": mean, "lo": lo, "hi": hi,
+                       "points": points})
+    rows, cols = list(dict.fromkeys(measure)), list(dict.fromkeys(method))
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.9 * len(cols) + 0.8, 1.25 * len(rows) + 0.6),
+                             sharex=True, squeeze=False)
+    for (i, m), (j, k) in ((a, b) for a in enumerate(rows) for b in enumerate(cols)):
+        ax, d = axes[i, j], df[(df["measure"] == m) & (df["method"] == k)].sort_values("eps")
+        if len(d):
+            color = {1: "tab:green", -1: "tab:red"}.get(int(d["points"].iloc[0]), "tab:gray")
+            ax.fill_between(d["eps"], d["lo"], d["hi"], color=color, alpha=0.2, linewidth=0)
+            ax.plot(d["eps"], d["mean"], "o-", color=color, markersize=3, linewidth=1)
+        ax.tick_params(labelsize=6)
+        if m == decision.partition(" · ")[0] and k == decision.partition(" · ")[2]:
+            for s in ax.spines.values():
+                s.set_edgecolor("black")
+                s.set_linewidth(1.5)
+        if i == 0:
+            ax.set_title(k, fontsize=8)
+        if j == 0:
+            ax.set_ylabel(m.replace("_", " "), fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("training ε", fontsize=7)
+    fig.suptitle(f"every measure × method over the sweep (framed: the registered decision {decision})", fontsize=8)
+    fig.tight_layout()
+    return fig

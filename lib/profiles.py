@@ -18,6 +18,7 @@ TRAIN_DEFAULTS = {
     "train_subset": None, "ckpt_every": 200, "val_images": 1000, "mode": "standard",
     "norm": "l2", "eps": 0.0, "step_size": 0.0, "steps": 0, "lam": 0.0, "channels_last": False,
     "compile": False, "data_on_device": False, "tf32": True, "select": "auto", "joint": "auto",
+    "labels": "original",
 }
 UNIT_SEP = "@"  # a unit is one trained model: recipe key and training-seed index, e.g. "pgd_0.5@1"
 # A model entry with `source:` names a published checkpoint (lib/zoo.py) instead of a training recipe.
@@ -25,7 +26,7 @@ EXTERNAL_KEYS = ("source", "path", "arch", "name", "wnids", "mean", "std")
 # Speed options that leave the trained weights' meaning unchanged: not part of a model's identity.
 RUNTIME_KEYS = ("compile", "data_on_device", "tf32", "joint")  # joint: lib.joint, models trained together
 # Settings added after models were trained: left out of the hash at these values, so those models keep their folder.
-HASH_SILENT_DEFAULTS: dict = {}
+HASH_SILENT_DEFAULTS: dict = {"labels": "original"}
 
 
 def known() -> list[str]:

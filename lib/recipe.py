@@ -80,7 +80,19 @@ def train_data(cfg: dict, data_root, device: torch.device) -> tuple[data.ImageTe
     val_ds = data.load(cfg["dataset"], "val", data_root, **opts)
     if cfg["train_subset"]:
         train_ds = train_ds.subset(torch.arange(min(cfg["train_subset"], len(train_ds))))
-    return place(train_ds, device, cfg["data_on_device"]), val_ds
+    return place(labels(cfg, train_ds), device, cfg["data_on_device"]), val_ds
+
+
+def labels(cfg: dict, ds: data.ImageTensorDataset) -> data.ImageTensorDataset:
+    """`labels: shuffled`: the training labels permuted by a generator seeded with cfg["seed"] (Adebayo et
+    al.'s data-randomisation test: a model that can only memorise); `original` (default): unchanged."""
+    kind = cfg.get("labels", "original")
+    if kind == "original":
+        return ds
+    if kind != "shuffled":
+        raise ValueError(f"unknown labels {kind!r}; use original or shuffled")
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(cfg["seed"]))
+    return data.ImageTensorDataset(ds.store, ds.labels[perm.to(ds.labels.device)], ds.classes, index=ds.index)
 
 
 def place(ds: data.ImageTensorDataset, device: torch.device, on_device: bool) -> data.ImageTensorDataset:

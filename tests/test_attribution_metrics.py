@@ -20,21 +20,50 @@ def test_region_mass_rewards_one_region_not_scattered_pixels():
     assert M.gini(scattered).item() == pytest.approx(0.75, abs=0.01)
 
 
-def test_summarize_orders_the_sweep_and_names_the_deciding_measure():
-    per_image = {k: {"ig": {"region10": torch.tensor([v, v]), "gini": torch.tensor([0.5, 0.5]),
-                             "completeness": torch.tensor([0.1, float("nan")])},
-                     "saliency": {"region10": torch.tensor([0.2, 0.4]), "gini": torch.tensor([0.1, 0.3])}}
-                 for k, v in (("robust", 0.6), ("standard", 0.2), ("pgd_0.5", 0.4))}
-    out = M.summarize(per_image, {"standard": {"ig": 1.0}}, {"standard": 0.0, "robust": 1.5, "pgd_0.5": 0.5})
-    conc = out["concentration"]
-    assert conc["sweep"] == ["standard", "pgd_0.5", "robust"] and conc["measure"] == "region10"
-    assert conc["per_model"] == pytest.approx({"standard": 0.2, "pgd_0.5": 0.4, "robust": 0.6})
-    assert conc["by_method"]["standard"]["saliency"] == pytest.approx(0.3)
-    assert conc["by_measure"]["gini"]["robust"]["ig"] == pytest.approx(0.5)
-    assert out["gini"] == {"standard": 0.5, "pgd_0.5": 0.5, "robust": 0.5}
-    assert out["per_method"]["ig"]["standard"]["completeness_median"] == pytest.approx(0.1)
-    assert out["per_method"]["ig"]["standard"]["seconds"] == 1.0
+REG = {"concentration": {"measure": "region_mass", "method": "ig", "grid": 8, "frac": 0.1, "direction": "higher",
+                         "sweep": "pgd"},
+       "panel": {"measures": ["region_mass_8", "gini"], "methods": ["ig", "saliency"]},
+       "registered": {"commit": "ab8dc67", "date": "2026-12-01"}}
 
+
+def _per_image(values: dict) -> dict:
+    return {u: {"ig": {"region_mass_8": torch.tensor([v, v + 0.1]), "gini": torch.tensor([0.5, 0.5]),
+                       "completeness": torch.tensor([0.1, float("nan")])},
+                "saliency": {"region_mass_8": torch.tensor([0.2, 0.4]), "gini": torch.tensor([0.3 - v / 10, 0.1])}}
+            for u, v in values.items()}
+
+
+def test_summarize_reads_the_registered_decision_and_averages_seeds():
+    per_image = _per_image({"robust@0": 0.6, "robust@1": 0.8, "standard@0": 0.2, "pgd_0.5@0": 0.4})
+    out = M.summarize(per_image, {"standard@0": {"ig": 1.0}}, {"standard": 0.0, "robust": 1.5, "pgd_0.5": 0.5}, REG)
+    conc = out["concentration"]
+    assert conc["sweep"] == ["standard", "pgd_0.5", "robust"] and conc["key"] == "region_mass_8"
+    assert conc["registered"]["commit"] == "ab8dc67"
+    assert conc["per_model"] == pytest.approx({"standard": 0.25, "pgd_0.5": 0.45, "robust": 0.75})
+    assert conc["by_method"]["standard"]["saliency"] == pytest.approx(0.3)
+    assert out["per_unit"]["concentration"]["robust@1"] == pytest.approx([0.8, 0.9])
+    assert out["units"]["robust@1"] == {"model": "robust", "seed": 1}
+    assert out["gini"] == {"standard": 0.5, "pgd_0.5": 0.5, "robust": 0.5}
+    assert out["per_method"]["ig"]["standard@0"]["completeness_median"] == pytest.approx(0.1)
+    assert out["per_method"]["ig"]["standard@0"]["seconds"] == 1.0
+
+
+def test_panel_intervals_trend_and_count():
+    sweep = {"standard": 0.0, "pgd_0.5": 0.5, "robust": 1.5}
+    per_image = _per_image({f"{r}@{s}": v + 0.01 * s for r, v in (("standard", 0.1), ("pgd_0.5", 0.3), ("robust", 0.5))
+                            for s in range(2)})
+    out = M.panel(per_image, sweep, REG, ["ig", "saliency"], n_boot=200)
+    rows = {(r["measure"], r["method"]): r for r in out["rows"]}
+    up = rows[("region_mass_8", "ig")]          # rises with ε in every seed
+    assert up["tau"] > 0.8 and up["agrees"] and up["p"] < 0.05 and up["grid"] == "8"
+    assert up["per_recipe"]["robust"]["mean"] == pytest.approx(0.555)
+    assert up["per_recipe"]["robust"]["lo"] <= 0.555 <= up["per_recipe"]["robust"]["hi"]
+    down = rows[("gini", "saliency")]           # falls with ε
+    assert down["tau"] < 0 and not down["agrees"] and down["grid"] is None
+    assert rows[("gini", "ig")]["sign"] == 0    # constant: no direction, left out of the count
+    assert rows[("region_mass_8", "saliency")]["sign"] == 0
+    assert out["count"] == {"agree": 1, "total": 2, "significant": 1}
+    assert len(M.panel_table(out)) == len(out["rows"])
 
 
 def test_concentration_metrics_closed_forms():
@@ -56,6 +85,10 @@ def test_concentration_metrics_closed_forms():
     x = torch.zeros(1, 1, 10, 10)
     x[..., :5, :] = 1.0  # the object: the top half
     assert M.object_share(uniform, x, 0.1).item() == pytest.approx(0.5)
+    assert M.object_area(x, 0.1).item() == pytest.approx(0.5)
+    # per pixel, region mass is the top-10 % pixel mass; an 8x8 grid on a 16x16 map pools 2x2 cells
+    assert M.region_mass(point, grid=10).item() == pytest.approx(1.0)
+    assert M.region_mass(uniform, grid=10).item() == pytest.approx(0.1)
 
 
 def test_smoke_notebook_metrics(smoke_run):
@@ -68,6 +101,16 @@ def test_smoke_notebook_metrics(smoke_run):
     assert "ig" in metrics["per_method"] and "big" in metrics["per_method"]
     assert 0 <= metrics["boundary"]["standard"]["success_rate"] <= 1
     conc = metrics["concentration"]
-    assert conc["measure"] == M.CONCENTRATION["measure"] and conc["sweep"] == ["standard", "robust"]
+    assert conc["key"] == "region_mass_8" and conc["sweep"] == ["standard", "robust"]
     for key in conc["sweep"]:
         assert 0 < conc["per_model"][key] <= 1 and conc["by_method"][key]["ig"] == conc["per_model"][key]
+    from lib import profiles
+
+    prof = profiles.load("smoke")
+    assert list(metrics["per_unit"]["concentration"]) == profiles.units(prof, conc["sweep"])
+    assert all(len(v) == metrics["n_images"] for v in metrics["per_unit"]["concentration"].values())
+    assert {r["measure"] for r in metrics["panel"]["rows"]} >= {"region_mass_4", "object", "deletion_gain"}
+    for per_model in metrics["sanity"].values():
+        assert set(per_model) == {"standard", "robust"}
+        assert per_model["standard"]["passes"] in (True, False, None) and per_model["standard"]["reason"]
+        assert per_model["robust"]["data_randomisation"] is not None
