@@ -95,6 +95,14 @@ def test_generation_raises_target_logit(net, digits):
     per_example = V.generate_class_images(net, seeds, torch.full((8,), 3), eps=4.0, step_size=0.2, steps=30,
                                           progress=False)
     torch.testing.assert_close(per_example, gen)
+    traj = V.generate_class_images(net, seeds, 3, eps=4.0, step_size=0.2, steps=30, progress=False, at=[0, 10, 30],
+                                   batch_size=3)  # one run per chunk, snapshotted
+    assert list(traj) == [0, 10, 30] and torch.equal(traj[0], seeds)
+    torch.testing.assert_close(traj[30], gen, atol=1e-5, rtol=0)
+    torch.testing.assert_close(traj[10], V.generate_class_images(net, seeds, 3, eps=4.0, step_size=0.2, steps=10,
+                                                                 progress=False), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="0..30"):
+        V.generate_class_images(net, seeds, 3, eps=4.0, step_size=0.2, steps=30, progress=False, at=[40])
 
 
 def test_visualize_feature_raises_the_coordinate(net):
