@@ -139,10 +139,11 @@ def searches(eps_list, etmann: dict, old) -> dict:
     """name -> f(model, x, pred) -> distances (N,) (inf/NaN where failed)."""
     out = {
         "new: Etmann mode (ρ̃·2^k, bisection)": lambda m, x, p: boundary.boundary_search(m, x, p, **etmann).distance,
-        "new: Wang mode (ε list)": lambda m, x, p: boundary.boundary_search(m, x, p, eps_list=eps_list,
-                                                                            steps=10).distance,
+        "new: Wang mode (ε list)": lambda m, x, p: boundary.boundary_search(m, x, p, eps_list=eps_list, steps=10,
+                                                                            **boundary.WANG).distance,
         "new: Wang ε list + bisection": lambda m, x, p: boundary.boundary_search(
-            m, x, p, eps_list=eps_list, steps=10, bisect_steps=etmann["bisect_steps"], rtol=etmann["rtol"]).distance,
+            m, x, p, eps_list=eps_list, steps=10,
+            **{**boundary.WANG, "bisect_steps": etmann["bisect_steps"]}, rtol=etmann["rtol"]).distance,
     }
     if old is not None:
         kw = {k: etmann[k] for k in ("steps", "bisect_steps", "rtol")}

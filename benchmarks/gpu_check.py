@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lib import alignment, attributions, models, pipeline, profiles, synthetic, train  # noqa: E402
+from lib import alignment, attributions, boundary, models, pipeline, profiles, synthetic, train  # noqa: E402
 from lib.device import allow_tf32, exact_fp32, resolve_device  # noqa: E402
 from lib.results import environment  # noqa: E402
 
@@ -135,7 +135,8 @@ def peak_memory(device, quick: bool) -> dict:
             models.build("resnet50", 150, 3, size).to(device).eval(), torch.rand(n50, 3, size, size, device=device)),
         "boundary_search_1000_images_resnet18_cifar": lambda: attributions.boundary_search(
             models.build("resnet18_cifar", 10, 3, 32).to(device).eval(), torch.rand(n1000, 3, 32, 32, device=device),
-            torch.zeros(n1000, dtype=torch.long, device=device), eps_list=[0.25, 0.5, 1.0, 2.0], steps=40),
+            torch.zeros(n1000, dtype=torch.long, device=device), eps_list=[0.25, 0.5, 1.0, 2.0], steps=40,
+            **boundary.WANG),
         "agi_resnet50_128px_20_classes_batch64": lambda: attributions.agi(
             models.build("resnet50", 150, 3, size).to(device).eval(), torch.rand(n50, 3, size, size, device=device),
             torch.zeros(n50, dtype=torch.long, device=device), steps=20, step_size=0.05, classes=20, batch_size=256),

@@ -41,7 +41,7 @@ class BoundaryCosine(NamedTuple):
     saliency: torch.Tensor   # (N,) cos(∇Ψ^{i*}(x), ∇Ψ^{i*}(x_b)): saliency map vs boundary saliency map (SM vs BSM)
     margin: torch.Tensor     # (N,) cos(∇(Ψ^{i*} − Ψ^j)(x), ∇(Ψ^{i*} − Ψ^j)(x_b)): invariant to a shared logit part
     distance: torch.Tensor   # (N,) ‖x − x_b‖
-    direction: torch.Tensor  # (N,) cos(∇Ψ^{i*}(x), x − x_b) (papers.md §2, a second view; not Wang's SM/BSM)
+    direction: torch.Tensor  # (N,) cos(∇Ψ^{i*}(x), x − x_b) (docs/science.md §3, a second view; not Wang's SM/BSM)
     across: torch.Tensor     # (N,) j, the class on the other side (−1 where no x_b)
 
 

@@ -1,6 +1,6 @@
 """How concentrated, coherent and complete an attribution map is: per-image measures of (N,C,H,W) maps.
 
-None of the papers defines a sharpness measure; these are well-defined stand-ins (papers.md §2).
+None of the papers defines a sharpness measure; these are well-defined stand-ins (docs/science.md §4).
 
 Which measure decides "more concentrated" (fixed before any of our numbers were looked at): Boychev
 describes robust maps as concentrated *on the object* and standard maps as *scattered*, a statement about

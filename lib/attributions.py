@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from lib.alignment import boundary_normal_cosine
-from lib.boundary import Boundary, boundary_search, check_target, logits
+from lib.boundary import WANG, Boundary, boundary_search, check_target, logits
 from lib.device import exact_fp32
 from lib.models import Normalize, eval_mode, unwrap
 from lib.path_methods import (
@@ -59,11 +59,11 @@ from lib.path_methods import (
     target_output,
 )
 
-__all__ = ["GAUSSIAN_BASELINE_STD", "OUTPUTS", "RULES", "SIGMA_UNITS", "agi", "auto_batch_size", "big", "bdt",
-           "bsg", "bsm", "completeness_error", "completeness_gap", "deeplift", "explain", "explain_models",
+__all__ = ["DEFAULTS", "GAUSSIAN_BASELINE_STD", "OUTPUTS", "RULES", "SIGMA_UNITS", "agi", "auto_batch_size", "big",
+           "bdt", "bsg", "bsm", "completeness_error", "completeness_gap", "deeplift", "explain", "explain_models",
            "expected_gradients", "ig_options",
            "integrated_gradients", "logits", "make_baseline", "make_baselines", "noise_scale", "quadrature",
-           "saliency", "shap_values", "smoothgrad", "target_output"]
+           "saliency", "shap_values", "smoothgrad", "target_output", "with_defaults"]
 SIGMA_UNITS = ("pixel", "range", "std")
 
 
@@ -235,6 +235,29 @@ def boundary_alignment(model, x: torch.Tensor, target: torch.Tensor, boundary: B
 
 METHODS = ("saliency", "smoothgrad", "ig", "eg", "shap", "deeplift", "agi", "big", "bsm", "bsg", "bdt")
 BOUNDARY_METHODS = ("big", "bsm", "bsg", "bdt")
+# The settings `explain` uses for whatever a profile's `attributions` section leaves out: each method's own
+# defaults (IG from a black baseline, 1 trial, the logit), and for the boundary methods Wang et al.'s search
+# (their default ε list 36/255 ... 1.1, here in pixel L2 units, 40 CE-PGD steps; `lib.boundary.WANG`).
+DEFAULTS = {
+    "methods": list(METHODS),
+    "sweep_methods": None,   # None: `methods`
+    "batch_size": None,      # None: automatic, memory-bounded
+    "ig": {"steps": 50, "rule": "trapezoid", "baseline": None, "trials": 1, "output": "logit"},
+    "smoothgrad": {"samples": 50, "sigma": 0.15, "sigma_unit": "pixel"},
+    "eg": {"samples": 50, "output": "logit"},
+    "shap": {"samples": 200, "output": "logit"},
+    "agi": {"steps": 20, "step_size": 0.05, "classes": None},
+    "boundary": {"eps": [0.141, 0.251, 0.3, 0.5, 0.7, 0.9, 1.1], "steps": 40, "rel_step": 2.5, **WANG},
+}
+
+
+def with_defaults(cfg: dict | None) -> dict:
+    """cfg (a profile's `attributions` section, possibly partial) over `DEFAULTS`, one level deep per section."""
+    cfg = dict(cfg or {})
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    for key, value in cfg.items():
+        out[key] = {**out[key], **value} if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
 
 
 TITLES = {"ig": "Integrated Gradients", "shap": "SHAP (GradientExplainer)", "eg": "Expected Gradients",
@@ -245,6 +268,7 @@ TITLES = {"ig": "Integrated Gradients", "shap": "SHAP (GradientExplainer)", "eg"
 
 def method_title(method: str, cfg: dict) -> str:
     """A figure title naming the method and the setting that produced it (IG: baseline, trials, output)."""
+    cfg = with_defaults(cfg)
     if method == "ig":
         o = ig_options(cfg["ig"])
         trials = f" ×{o['trials']}" if o["trials"] > 1 else ""
@@ -269,20 +293,25 @@ class Explanations(NamedTuple):
 
 
 @exact_fp32
-def explain(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, cfg: dict, *, background: torch.Tensor,
-            seed: int = 0, methods=None) -> Explanations:
+def explain(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, cfg: dict | None = None, *,
+            background: torch.Tensor | None = None, seed: int = 0, methods=None) -> Explanations:
     """Run every method of `methods` (default cfg["methods"]) with the parameters of a profile's
-    `attributions` section."""
+    `attributions` section; what cfg leaves out comes from `DEFAULTS`. x: (N,C,H,W) in [0,1], target (N,).
+    background: (B,C,H,W) in [0,1], the baselines of "eg" and "shap" (needed only by those two)."""
     import time
 
+    cfg = with_defaults(cfg)
     methods = list(cfg["methods"] if methods is None else methods)
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown attribution methods {sorted(unknown)}; known: {', '.join(METHODS)}")
-    bs, seconds = cfg.get("batch_size"), {}
-    ig = dict(steps=cfg["ig"]["steps"], rule=cfg["ig"].get("rule", "trapezoid"), batch_size=bs)
+    if background is None and {"eg", "shap"} & set(methods):
+        raise ValueError("methods eg and shap need background images: pass background=(B,C,H,W) images in [0,1] "
+                         "(e.g. a few hundred training images)")
+    bs, seconds, eg, sh, ag = cfg["batch_size"], {}, cfg["eg"], cfg["shap"], cfg["agi"]
+    ig = dict(steps=cfg["ig"]["steps"], rule=cfg["ig"]["rule"], batch_size=bs)
     sg = dict(samples=cfg["smoothgrad"]["samples"], sigma=cfg["smoothgrad"]["sigma"],
-              sigma_unit=cfg["smoothgrad"].get("sigma_unit", "pixel"), seed=seed, batch_size=bs)
+              sigma_unit=cfg["smoothgrad"]["sigma_unit"], seed=seed, batch_size=bs)
     boundary = None
     if set(methods) & set(BOUNDARY_METHODS):
         b, t0 = {k: v for k, v in cfg["boundary"].items() if k != "eps"}, time.perf_counter()
@@ -292,13 +321,13 @@ def explain(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, cfg: 
         "saliency": lambda: saliency(model, x, target),
         "smoothgrad": lambda: smoothgrad(model, x, target, **sg),
         "ig": lambda: integrated_gradients(model, x, target, **ig_options(cfg["ig"]), seed=seed, **ig),
-        "eg": lambda: expected_gradients(model, x, target, background=background, samples=cfg["eg"]["samples"],
-                                         output=cfg["eg"].get("output", "logit"), seed=seed, batch_size=bs),
-        "shap": lambda: shap_values(model, x, target, background=background, samples=cfg["shap"]["samples"],
-                                    output=cfg["shap"].get("output", "logit"), seed=seed, batch_size=bs),
+        "eg": lambda: expected_gradients(model, x, target, background=background, samples=eg["samples"],
+                                         output=eg["output"], seed=seed, batch_size=bs),
+        "shap": lambda: shap_values(model, x, target, background=background, samples=sh["samples"],
+                                    output=sh["output"], seed=seed, batch_size=bs),
         "deeplift": lambda: deeplift(model, x, target),
-        "agi": lambda: agi(model, x, target, steps=cfg["agi"]["steps"], step_size=cfg["agi"]["step_size"],
-                           classes=cfg["agi"].get("classes"), seed=seed, batch_size=bs),
+        "agi": lambda: agi(model, x, target, steps=ag["steps"], step_size=ag["step_size"], classes=ag["classes"],
+                           seed=seed, batch_size=bs),
         "big": lambda: big(model, x, target, boundary, **ig),
         "bsm": lambda: bsm(model, x, target, boundary),
         "bsg": lambda: bsg(model, x, target, boundary, **sg),
@@ -312,11 +341,13 @@ def explain(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, cfg: 
     return Explanations(maps, boundary, seconds)
 
 
-def explain_models(models: dict, x: torch.Tensor, preds: dict, cfg: dict, *, background: torch.Tensor,
+def explain_models(models: dict, x: torch.Tensor, preds: dict, cfg: dict | None = None, *,
+                   background: torch.Tensor | None = None,
                    seed: int = 0, pair=("standard", "robust")) -> dict:
     """{key: Explanations} for every model of `models` ({key: model}, e.g. a pgd sweep), each explaining its
     own predictions preds[key]: cfg["methods"] on the `pair` shown in the grids, cfg["sweep_methods"]
     (default: all methods) on the other members, to keep a long sweep cheap."""
-    sweep = cfg.get("sweep_methods") or cfg["methods"]
+    cfg = with_defaults(cfg)
+    sweep = cfg["sweep_methods"] or cfg["methods"]
     return {key: explain(net, x, preds[key], cfg, background=background, seed=seed,
                          methods=cfg["methods"] if key in pair else sweep) for key, net in models.items()}

@@ -1,10 +1,12 @@
 """The nearest decision boundary: linearized distance ρ̃ (exact for affine models) and ONE search for the
 closest adversarial point, `boundary_search`, which serves both papers:
 
-- Wang et al. 2022 (boundary attributions BIG/BSM/BSG/BDT): L2 PGD over an increasing ε list, absolute
-  step rel_step·ε/steps, the smallest ε that flips the label, segment bisection, failures NaN;
-- Etmann et al. 2019 (empirical robustness ρ): the same ε list (or ρ̃(x)·2^k when none is given) as a
-  coarse bracket, then bisection over ε with margin-PGD, also targeted at the class attaining ρ̃.
+- by default the accurate search (Etmann et al. 2019's empirical robustness ρ, notebook 03): radii ρ̃(x)·2^k
+  bracket the boundary, margin-PGD untargeted and towards the class attaining ρ̃, then bisection over ε to
+  within rtol (exact to rtol on affine models);
+- Wang et al. 2022's search for boundary attributions (BIG/BSM/BSG/BDT): `eps_list=[...]` with `**WANG`:
+  CE-loss L2 PGD over the increasing ε list, absolute step rel_step·ε/steps, the smallest ε that flips the
+  label, segment bisection, failures NaN.
 
 x: (N,C,H,W) float in [0,1]; distances are L2 in pixel units.
 """
@@ -135,6 +137,8 @@ def linearized_robustness(model, x: torch.Tensor, *, chunk: int | None = None) -
 # ---------------------------------------------------------------- the one nearest-boundary search
 
 LOSSES = ("ce", "margin")
+WANG = {"loss": "ce", "toward_nearest": False, "bisect_steps": 0, "refine_steps": 10}  # with an eps_list: Wang
+# et al.'s search (foolbox's L2 PGD on the CE loss, the first ε of the list that flips), bisected along its segment
 
 
 def _margin(model, x, y):
@@ -181,24 +185,26 @@ def _attack(model, x, y, eps, toward, *, steps, rel_step, loss, refine_steps, ra
 
 
 def boundary_search(model, x: torch.Tensor, y: torch.Tensor | None = None, *, eps_list=None, steps: int = 20,
-                    rel_step: float = 2.5, refine_steps: int = 10, bisect_steps: int = 0, rtol: float = 0.01,
-                    loss: str = "ce", toward_nearest: bool = False, max_eps: float | None = None,
+                    rel_step: float = 2.5, refine_steps: int = 12, bisect_steps: int = 8, rtol: float = 0.01,
+                    loss: str = "margin", toward_nearest: bool = True, max_eps: float | None = None,
                     random_start: bool = False, seed: int = 0, chunk: int | None = None,
                     lin: Linearized | None = None) -> Boundary:
     """Closest point across the decision boundary of y, per image, by L2 PGD at growing radii, then bisection.
 
     y: (N,) the class to leave; default F(x). Rows already not classified y get distance 0.
+    The defaults are the accurate search of notebook 03 (Etmann's ρ); Wang et al.'s ε-list search is
+    `boundary_search(model, x, y, eps_list=[...], **WANG)` (CE loss, no target, no bisection over ε).
     1. Bracket: for each ε of eps_list (increasing; default ρ̃(x)·2^k up to max_eps = √d), images not yet
        crossed get `steps` of PGD with the absolute step rel_step·ε/steps (Madry's 2.5·ε/steps); the first
-       ε whose point is not y is kept (Wang's search). `loss`: "ce" (foolbox's L2PGD, Wang's code) or
-       "margin" (max_{j≠y} Ψ^j − Ψ^y); toward_nearest also runs margin-PGD towards the class attaining ρ̃.
+       ε whose point is not y is kept. `loss`: "margin" (max_{j≠y} Ψ^j − Ψ^y) or "ce" (foolbox's L2PGD,
+       Wang's code); toward_nearest also runs margin-PGD towards the class attaining ρ̃.
     2. Every hit is verified and, with refine_steps > 0, bisected back along its segment x → x_adv.
     3. bisect_steps > 0: bisection over ε between the largest failed radius `lower` and the distance found
        (probing at least 0.85·distance), until distance − lower ≤ rtol·distance (Etmann's ρ).
     Guarantees: every successful point is verified adversarial, in [0,1], and within its `eps`; so
     distance ≥ ρ(x). When PGD is exact at every radius (affine models with toward_nearest), lower ≤ ρ,
     so distance ≤ ρ/(1 − rtol) once the bisection has converged (at most bisect_steps probes; tested
-    within 2 % at rtol 0.02). Failures are flagged: success False and NaN points/distance/eps.
+    with the defaults on affine models). Failures are flagged: success False and NaN points/distance/eps.
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")

@@ -2,11 +2,18 @@
 
     claims.evaluate(summary, profile) -> [Claim]     # summary: {notebook stem: metrics}, as in summary.json
 
-A claim about robustness holds when its direction holds across the profile's sweep ordered by training
-strength (standard → weakest → strongest): Spearman's rank correlation between training ε (or λ) and
-the quantity is > 0 in the claimed direction; every model's value is shown. On profiles with a `paper:`
-section the paper's numbers are also compared within the tolerances below (README, "Reading the report").
-A quantity a notebook did not write gives "not measured" with the missing key, never a guess.
+The decision rule is fixed here, before any numbers (README, "Reading the report"):
+- Every trained model (each seed of each recipe, a *unit*) is one observation. A claim about robustness is a
+  monotone trend of a quantity with training strength over the profile's sweep. Its test is a permutation test of
+  Kendall's τ between strength and the units' values (strength labels permuted across units; images stay paired,
+  since every unit is measured on the same seeded images), one-sided in the claimed direction and in the reverse.
+- Both one-sided p-values of every trend claim form one family, Holm-corrected at ALPHA: **holds** when the
+  claimed direction is significant, **opposite** when the reverse is, **inconclusive** otherwise. A claim read in
+  several feature spaces or variants is an intersection–union test: its p is the largest of its parts' p.
+- Each recipe's value carries a 95 % hierarchical-bootstrap interval (seeds, then images, paired across models);
+  the effect sizes are τ, the slope over strength and the paired difference standard → strongest, with intervals.
+- Numbers against a paper (profiles with `paper:`) are within tolerance when their interval overlaps the band.
+- A quantity a notebook did not write gives "not measured" with the missing key, never a guess.
 """
 
 from __future__ import annotations
@@ -16,9 +23,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lib import notes, registry, stats
+
 # Absolute tolerances in accuracy points, relative ones for distances. See README for the reasons.
 TOL_CLEAN, TOL_ROBUST, TOL_FID_REL, TOL_INVERSION_REL = 3.0, 5.0, 0.15, 0.20
-VERDICTS = ("holds", "differs", "not measured")
+ALPHA = 0.05
+VERDICTS = ("holds", "opposite", "inconclusive", "not measured")
+PAPER_VERDICTS = ("within tolerance", "outside tolerance", "not measured")
 
 
 @dataclass
@@ -27,12 +38,21 @@ class Claim:
     source: str          # paper and table / figure
     claim: str           # what is claimed
     paper: str           # the paper's value or direction
-    ours: str            # our value(s), formatted
-    tolerance: str
-    verdict: str         # holds / differs / not measured
-    reason: str = ""     # why not measured, or which parts disagree
+    ours: str            # our values, formatted: recipe mean [95 % interval] in sweep order
+    tolerance: str       # the test
+    verdict: str         # holds / opposite / inconclusive / not measured (paper rows: within/outside tolerance)
+    reason: str = ""     # the note: why not measured, or why not "holds", from the numbers
     notebook: str = ""   # stem of the notebook whose metrics decide it
-    values: dict = field(default_factory=dict)  # model -> value, in sweep order
+    values: dict = field(default_factory=dict)   # recipe -> {mean, lo, hi, seeds, n}, in sweep order
+    n: dict = field(default_factory=dict)        # {"images": .., "seeds": .., "models": ..}
+    effect: dict = field(default_factory=dict)   # {"tau", "slope": [e, lo, hi], "diff": [e, lo, hi]}
+    p: float | None = None                       # one-sided permutation p (claimed direction), raw
+    p_reverse: float | None = None
+    p_holm: float | None = None                  # Holm-adjusted, claimed direction
+    p_reverse_holm: float | None = None
+    parts: list = field(default_factory=list)    # sub-rows (Claim) shown under this verdict
+    figures: list = field(default_factory=list)  # figure stems that support it
+    trend: bool = False                          # a trend claim (in the Holm family)
 
 
 def load_summary(run_dir: str | Path) -> dict:
@@ -61,219 +81,249 @@ def get(summary: dict, path: str):
     return node
 
 
-def spearman(x: list, y: list) -> float | None:
-    """Spearman's rank correlation (average ranks for ties); None for < 2 points or a constant side."""
-    if len(x) < 2:
-        return None
-    rx, ry = _ranks(x), _ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
-
-
-def _ranks(v: list) -> list[float]:
-    order = sorted(range(len(v)), key=lambda i: v[i])
-    ranks = [0.0] * len(v)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-            j += 1
-        for k in order[i:j + 1]:
-            ranks[k] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def over_sweep(id, source, claim, notebook, values: dict, strength: dict, *, direction: int, what: str,
-               digits: int = 2, kind: str = "pgd") -> Claim:
-    """A claimed direction across a sweep: Spearman(strength, value)·direction > 0 holds."""
+def _fmt(v, digits: int = 2) -> str:
+    v = _num(v)
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def interval_text(row: dict, digits: int) -> str:
+    m, lo, hi = (_fmt(row.get(k), digits) for k in ("mean", "lo", "hi"))
+    return m if lo == "–" else f"{m} [{lo}, {hi}]"
+
+
+def units_of(summary: dict, nb: str, quantity: str, keys) -> dict:
+    """unit -> per-image values of `quantity` from notebook `nb`'s `per_unit`, for the units of `keys`."""
+    per = get(summary, f"{nb}.per_unit.{quantity}") if "." not in quantity else \
+        (get(summary, f"{nb}.per_unit") or {}).get(quantity)
+    keys = set(keys)
+    return {u: v for u, v in (per or {}).items() if stats.recipe_of(u) in keys and v is not None}
+
+
+def over_sweep(id, source, claim, notebook, per_unit: dict, strength: dict, *, direction: int, what: str,
+               digits: int = 2, kind: str = "pgd", seed: int = 0) -> Claim:
+    """A claimed monotone trend of `what` with training strength over a sweep, from per-unit per-image values."""
     paper = f"{what} {'rises' if direction > 0 else 'falls'} with training strength"
-    tol = f"Spearman {'>' if direction > 0 else '<'} 0 over the {kind} sweep"
-    vals = {k: _num(values.get(k)) for k in strength}
-    shown = " · ".join(f"{k} {'–' if v is None else f'{v:.{digits}f}'}" for k, v in vals.items())
-    missing = [k for k, v in vals.items() if v is None]
-    base = dict(id=id, source=source, claim=claim, paper=paper, tolerance=tol, notebook=notebook, values=vals)
+    tol = f"permutation test of Kendall's τ over the {kind} sweep's models, one-sided, Holm at {ALPHA:g}"
+    base = dict(id=id, source=source, claim=claim, paper=paper, tolerance=tol, notebook=notebook, trend=True)
+    missing = [k for k in strength if not any(stats.recipe_of(u) == k for u in per_unit)]
     if len(strength) < 2:
-        return Claim(**base, ours=shown, verdict="not measured", reason=f"the {kind} sweep has fewer than 2 models")
+        return Claim(**base, ours="–", verdict="not measured", reason=f"the {kind} sweep has fewer than 2 models")
     if missing:
-        return Claim(**base, ours=shown, verdict="not measured",
-                     reason=f"{notebook} has no value for {', '.join(missing)}")
-    rho = spearman([strength[k] for k in vals], [vals[k] for k in vals])
-    ours = f"{shown} (Spearman {'–' if rho is None else f'{rho:+.2f}'})"
-    if rho is None:
-        return Claim(**base, ours=ours, verdict="differs", reason="no trend: all models equal")
-    return Claim(**base, ours=ours, verdict="holds" if rho * direction > 0 else "differs")
+        return Claim(**base, ours="–", verdict="not measured",
+                     reason=f"{notebook} has no {what} for {', '.join(missing)}")
+    h = stats.hierarchical(per_unit, seed=seed)
+    full = h.table()
+    table = {k: full[k] for k in strength}
+    means = stats.unit_means(per_unit)
+    test = stats.trend_test(means, strength, direction=direction, seed=seed)
+    lo_key, hi_key = min(strength, key=strength.get), max(strength, key=strength.get)
+    effect = {"tau": test["tau"], "slope": list(h.slope(strength)),
+              "diff": list(h.contrast({hi_key: 1, lo_key: -1})), "diff_of": f"{hi_key} − {lo_key}"}
+    ours = " · ".join(f"{k} {interval_text(v, digits)}" for k, v in table.items())
+    n = {"images": h.n, "seeds": max(h.seeds.values()), "models": test["units"],
+         "min_p": stats.min_p(list(h.seeds.values()))}
+    return Claim(**base, ours=ours, verdict="inconclusive", values=table, n=n, effect=effect,
+                 p=_num(test["p"]), p_reverse=_num(test["p_reverse"]))
 
 
-def against_paper(id, source, claim, notebook, paper, ours, tol: float, *, relative: bool = False,
+def combine(id, source, claim, notebook, parts: list[Claim], what: str) -> Claim:
+    """One verdict over several parts (feature spaces, variants): an intersection–union test, p = max of parts."""
+    measured = [r for r in parts if r.verdict != "not measured"]
+    base = dict(id=id, source=source, claim=claim, notebook=notebook, parts=parts, trend=True,
+                paper=parts[0].paper if parts else "", tolerance=f"every part significant ({what}; p = largest)")
+    if not parts or len(measured) < len(parts):
+        reason = "; ".join(f"{r.claim}: {r.reason}" for r in parts if r.verdict == "not measured") or \
+            f"{notebook} wrote none of the parts"
+        return Claim(**base, ours="–", verdict="not measured", reason=reason)
+    p = max(r.p if r.p is not None else 1.0 for r in parts)
+    p_rev = max(r.p_reverse if r.p_reverse is not None else 1.0 for r in parts)
+    ours = f"{len(parts)} parts, below"
+    return Claim(**base, ours=ours, verdict="inconclusive", values=parts[0].values, n=parts[0].n,
+                 effect=parts[0].effect, p=p, p_reverse=p_rev)
+
+
+def against_paper(id, source, claim, notebook, paper, ours: dict | None, tol: float, *, relative: bool = False,
                   missing: str = "") -> Claim:
-    """A number against the paper's, within an absolute or relative tolerance."""
-    tol_s = f"±{tol:.0%}" if relative else f"±{tol:g} points"
+    """A number against the paper's: within tolerance when our interval [lo, hi] overlaps paper ± tolerance."""
+    band = tol * abs(paper) if relative else tol
+    tol_s = f"interval overlaps {paper:.2f} ± {'%.0f%%' % (100 * tol) if relative else f'{tol:g} points'}"
     base = dict(id=id, source=source, claim=claim, paper=f"{paper:.2f}", tolerance=tol_s, notebook=notebook)
-    ours = _num(ours)
-    if ours is None:
+    ours = ours or {}
+    m = _num(ours.get("mean"))
+    if m is None:
         return Claim(**base, ours="–", verdict="not measured", reason=missing or f"{notebook} has no value")
-    ok = abs(ours - paper) <= (tol * abs(paper) if relative else tol)
-    return Claim(**base, ours=f"{ours:.2f}", verdict="holds" if ok else "differs", values={"value": ours})
+    lo, hi = _num(ours.get("lo")), _num(ours.get("hi"))
+    lo, hi = (m, m) if lo is None or hi is None else (lo, hi)
+    ok = lo <= paper + band and hi >= paper - band
+    return Claim(**base, ours=interval_text(ours, 2), verdict="within tolerance" if ok else "outside tolerance",
+                 values={"value": ours})
+
+
+def _paper_value(summary, nb, quantity, key, seed: int = 0) -> dict | None:
+    per = units_of(summary, nb, quantity, [key])
+    return stats.hierarchical(per, seed=seed).table().get(key) if per else None
 
 
 # ---------------------------------------------------------------- one function per claim
 
 def accuracy(summary: dict, profile: dict) -> list[Claim]:
     """Boychev Tables 1/4: adversarial training buys robustness and costs clean accuracy."""
-    nb, models = "01_training", get(summary, "01_training.models") or {}
-    pgd = sweeps(profile).get("pgd", {})
-    apgd = bool(pgd) and all(_num((models.get(k) or {}).get("apgd_acc")) is not None for k in pgd)
-    field_ = "apgd_acc" if apgd else "pgd_acc"
-    label = "APGD-CE+T accuracy" if apgd else "PGD accuracy"
-    src = "Boychev Tab. 1/4"
-    rows = [over_sweep("accuracy.robust", src, f"adversarial training buys robustness ({label})", nb,
-                       {k: (models.get(k) or {}).get(field_) for k in pgd}, pgd, direction=1, what=label, digits=1),
-            over_sweep("accuracy.clean", src, "robustness costs clean accuracy", nb,
-                       {k: (models.get(k) or {}).get("clean_acc") for k in pgd}, pgd, direction=-1,
-                       what="clean accuracy", digits=1)]
+    nb, pgd, src = "01_training", sweeps(profile).get("pgd", {}), "Boychev Tab. 1/4"
+    apgd = units_of(summary, nb, "apgd_acc", pgd)
+    robust_q, label = ("apgd_acc", "APGD-CE+T accuracy") if apgd else ("pgd_acc", "PGD accuracy")
+    rows = [over_sweep("accuracy.robust", src, f"adversarial training buys robustness ({label}, %)", nb,
+                       units_of(summary, nb, robust_q, pgd), pgd, direction=1, what=label, digits=1),
+            over_sweep("accuracy.clean", src, "robustness costs clean accuracy (%)", nb,
+                       units_of(summary, nb, "clean_acc", pgd), pgd, direction=-1, what="clean accuracy", digits=1)]
+    rows[0].figures, rows[1].figures = ["01_accuracy"], ["01_accuracy", "01_training_curves"]
     for key, vals in (profile.get("paper") or {}).items():
-        if key in ("real",) or not isinstance(vals, dict):
+        if not isinstance(vals, dict):
             continue
-        row = models.get(key) or {}
         if "clean_acc" in vals:
             rows.append(against_paper(f"accuracy.{key}.clean", src, f"{key} clean accuracy (%)", nb,
-                                      vals["clean_acc"], row.get("clean_acc"), TOL_CLEAN))
+                                      vals["clean_acc"], _paper_value(summary, nb, "clean_acc", key), TOL_CLEAN))
         if "pgd_acc" in vals:
             rows.append(against_paper(f"accuracy.{key}.robust", src, f"{key} {label} (%) vs the paper's PGD", nb,
-                                      vals["pgd_acc"], row.get(field_), TOL_ROBUST))
+                                      vals["pgd_acc"], _paper_value(summary, nb, robust_q, key), TOL_ROBUST))
     return rows
 
 
 def fd(summary: dict, profile: dict) -> list[Claim]:
     """Boychev Tables 2/5: robust models' generations are closer to the data (lower FD), in every feature space."""
-    nb, src, pgd = "06_fid", "Boychev Tab. 2/5", sweeps(profile).get("pgd", {})
-    spaces = get(summary, "06_fid.fd_spaces")
-    if not isinstance(spaces, dict) or not spaces:
-        fd0 = get(summary, "06_fid.fd")
-        spaces = {} if fd0 is None else {"primary": {"label": get(summary, "06_fid.fd_name") or "FD", "fd": fd0}}
-    labels = [str(sp.get("label", name)) for name, sp in spaces.items()]
-    rows = [over_sweep(f"fd.{name}", src, f"generations closer to the data ({label})", nb, sp.get("fd") or {}, pgd,
-                       direction=-1, what=label) for label, (name, sp) in zip(labels, spaces.items())]
-    verdicts = {label: r.verdict for label, r in zip(labels, rows)}
-    measured = {v for v in verdicts.values() if v != "not measured"}
-    verdict = "not measured" if not measured else (measured.pop() if len(measured) == 1 else "differs")
-    reason = "06_fid has no fd_spaces (or fd)" if not rows else (
-        "" if len(set(verdicts.values())) == 1 and verdict != "not measured"
-        else "; ".join(f"{label}: {v}" for label, v in verdicts.items()))
-    names = ", ".join(labels) or "–"
-    rows.append(Claim("fd.all", src, "robust generations closer to the data in every feature space",
-                      "FD falls with training strength", f"{len(labels)} space(s): {names}",
-                      "all feature spaces agree", verdict, reason, nb))
-    paper = profile.get("paper") or {}
+    nb, src, pgd = "06_fid", "Boychev Tab. 2/5", visualize_sweep(profile)
+    spaces = get(summary, f"{nb}.fd_spaces") or {}
+    parts = [over_sweep(f"fd.{name}", src, f"FD in {sp.get('label', name)}", nb,
+                        units_of(summary, nb, f"fd.{name}", pgd), pgd, direction=-1, what=str(sp.get("label", name)))
+             for name, sp in spaces.items()]
+    row = combine("fd", src, "robust generations are closer to the data, in every feature space", nb, parts,
+                  "FD falls in each feature space")
+    row.figures = ["06_fid", "06_fd_budget", "05_generated"]
+    rows = [row]
     inception = [n for n, sp in spaces.items() if str(sp.get("label", "")).upper().startswith("FID")]
-    for key in [k for k, v in paper.items() if isinstance(v, dict) and "fid" in v]:
-        ours = get(spaces[inception[0]], f"fd.{key}") if inception else None
-        rows.append(against_paper(f"fd.{key}.paper", src, f"FID {key}", nb, paper[key]["fid"], ours,
-                                  TOL_FID_REL, relative=True, missing="no Inception (FID) feature space in 06_fid"))
+    for key, vals in (profile.get("paper") or {}).items():
+        if isinstance(vals, dict) and "fid" in vals:
+            ours = _paper_value(summary, nb, f"fd.{inception[0]}", key) if inception else None
+            rows.append(against_paper(f"fd.{key}.paper", src, f"FID {key}", nb, vals["fid"], ours, TOL_FID_REL,
+                                      relative=True, missing="no Inception (FID) feature space in 06_fid"))
     return rows
 
 
 def inversion(summary: dict, profile: dict) -> list[Claim]:
     """Boychev Tables 3/6: robust models' inversions are closer to their targets."""
-    nb, src, pgd = "04_representation_inversion", "Boychev Tab. 3/6", sweeps(profile).get("pgd", {})
+    nb, src, pgd = "04_representation_inversion", "Boychev Tab. 3/6", visualize_sweep(profile)
     label = get(summary, f"{nb}.feature_distance_extractor") or "feature"
-    rows = [over_sweep("inversion.sweep", src, f"robust inversions closer to their targets ({label}, per pair)", nb,
-                       get(summary, f"{nb}.feature_distance") or {}, pgd, direction=-1, what="feature distance")]
-    boy = get(summary, f"{nb}.feature_distance_boychev") or {}
+    row = over_sweep("inversion", src, f"robust inversions are closer to their targets ({label}, per pair)", nb,
+                     units_of(summary, nb, "feature_distance", pgd), pgd, direction=-1, what="feature distance")
+    row.figures = ["04_inversion", "04_feature_distance"]
+    rows = [row]
     for key, vals in (profile.get("paper") or {}).items():
         if isinstance(vals, dict) and "inversion_distance" in vals:
             ok = "inception" in str(label).lower()
-            rows.append(against_paper(
-                f"inversion.{key}.paper", src, f"inversion distance {key} (Boychev's 3-pair norm; ours per pair: "
-                f"{_fmt(get(summary, f'{nb}.feature_distance.{key}'))})", nb, vals["inversion_distance"],
-                boy.get(key) if ok else None, TOL_INVERSION_REL, relative=True,
-                missing=f"needs Inception features and feature_distance_boychev in {nb} (extractor: {label})"))
+            ours = _paper_value(summary, nb, "feature_distance_boychev", key) if ok else None
+            rows.append(against_paper(f"inversion.{key}.paper", src, f"inversion distance {key} (Boychev's 3-pair "
+                                      "norm)", nb, vals["inversion_distance"], ours, TOL_INVERSION_REL, relative=True,
+                                      missing=f"needs Inception features in {nb} (extractor: {label})"))
     return rows
 
 
 def etmann(summary: dict, profile: dict) -> list[Claim]:
     """Etmann 2019: alignment α grows with robustness, over both sweeps (PGD ε and gradient-norm λ)."""
-    nb, per = "03_alignment_theory", get(summary, "03_alignment_theory.per_model") or {}
-    rows = []
+    nb, rows = "03_alignment_theory", []
     for kind, strength in sweeps(profile).items():
         r = over_sweep(f"etmann.{kind}", "Etmann 2019", f"alignment α rises with robustness ({kind} sweep)", nb,
-                       {k: (per.get(k) or {}).get("alpha") for k in strength}, strength, direction=1,
-                       what="mean α", kind=kind, digits=3)
-        rho = " · ".join(f"{k} {_fmt((per.get(k) or {}).get('rho_emp'), 3)}" for k in strength)
-        r.ours += f"; mean ρ: {rho}"
+                       units_of(summary, nb, "alpha", strength), strength, direction=1, what="mean α", kind=kind,
+                       digits=3)
+        r.figures = ["03_alignment_vs_robustness", "03_alpha_vs_rho"]
         rows.append(r)
     return rows
 
 
 def wang(summary: dict, profile: dict) -> list[Claim]:
-    """Wang 2022: robust models' gradients align with the boundary normal (SM vs BSM, and margin gradients),
-    over the pgd sweep; also at matched boundary distance, since robust boundaries are farther away."""
+    """Wang 2022: robust models' gradients align with the boundary normal, decided at matched boundary distance
+    (robust boundaries are farther away, and the cosine falls with distance); raw cosines are shown as parts."""
     nb, pgd = "03_alignment_theory", sweeps(profile).get("pgd", {})
-    per = get(summary, f"{nb}.per_model") or {}
-    rows = []
-    for name, key, what in (("saliency", "cos_saliency", "cos(∇Ψ(x), ∇Ψ(x_b))"),
-                            ("margin", "cos_margin", "cos(∇(Ψⁱ−Ψʲ)(x), ∇(Ψⁱ−Ψʲ)(x_b))")):
-        rows.append(over_sweep(f"wang.{name}", "Wang 2022", f"gradient aligns with the boundary normal: {what}", nb,
-                               {k: (per.get(k) or {}).get(key) for k in pgd}, pgd, direction=1, what="mean cosine",
-                               digits=3))
-        matched = get(summary, f"{nb}.wang_by_distance.{name}.matched") or {}
-        r = over_sweep(f"wang.{name}.matched", "Wang 2022", f"… at matched boundary distance: {what}", nb,
-                       matched, pgd, direction=1, what="distance-binned mean cosine", digits=3)
-        if r.verdict == "not measured" and isinstance(matched, dict) and matched:
-            r.reason = "the models' boundary distances share no bin with enough samples"
-        rows.append(r)
-    return rows
+    parts, raw = [], []
+    for name, what in (("saliency", "cos(∇Ψ(x), ∇Ψ(x_b))"), ("margin", "cos(∇(Ψⁱ−Ψʲ)(x), ∇(Ψⁱ−Ψʲ)(x_b))")):
+        parts.append(over_sweep(f"wang.{name}.matched", "Wang 2022", f"{what} at matched boundary distance", nb,
+                                units_of(summary, nb, f"{name}_matched", pgd), pgd, direction=1,
+                                what="cosine at matched distance", digits=3))
+        raw.append(over_sweep(f"wang.{name}.raw", "Wang 2022", f"{what}, raw (not in the verdict)", nb,
+                              units_of(summary, nb, f"cos_{name}", pgd), pgd, direction=1, what="mean cosine",
+                              digits=3))
+    row = combine("wang", "Wang 2022", "gradients align with the boundary normal (at matched distance)", nb,
+                  parts, "saliency and margin cosines both rise")
+    row.parts = parts + raw
+    row.figures = ["03_boundary_cosine", "03_cosine_vs_distance"]
+    return [row]
 
 
 def concentration(summary: dict, profile: dict) -> list[Claim]:
-    """Boychev Figs 2/6: robust attributions are more concentrated (the deciding measure is notebook 02's)."""
+    """Boychev Figs 2/6: robust attributions are more concentrated, by the measure registered in analysis.md."""
     nb, pgd = "02_attributions", sweeps(profile).get("pgd", {})
-    dec = get(summary, f"{nb}.concentration")
-    if isinstance(dec, dict) and isinstance(dec.get("per_model"), dict):
-        values, what = dec["per_model"], f"{dec.get('measure', 'concentration')} of {dec.get('method', 'IG')}"
-        direction = -1 if dec.get("direction") == "lower" else 1
-    else:
-        values, what, direction = get(summary, f"{nb}.gini") or {}, "Gini of |IG| (02 wrote no `concentration`)", 1
-    return [over_sweep("concentration", "Boychev Figs 2, 6", f"robust attributions are more concentrated ({what})",
-                       nb, values, pgd, direction=direction, what=what, digits=3)]
+    reg = registry.decision("concentration")
+    what = f"{reg['measure']} of {reg['method']}"
+    row = over_sweep("concentration", "Boychev Figs 2, 6", f"robust attributions are more concentrated ({what}, "
+                     "registered in analysis.md)", nb, units_of(summary, nb, "concentration", pgd), pgd,
+                     direction=-1 if reg.get("direction") == "lower" else 1, what=what, digits=3)
+    row.figures = [f"02_{reg['method']}_grid", "02_panel", "02_metrics"]
+    return [row]
 
 
 def checks(summary: dict, profile: dict) -> list[Claim]:
     """Implementation checks, never evidence: Etmann's slide-7 bound follows from the triangle and
     Cauchy–Schwarz inequalities, so it holds on every sample unless the code is wrong."""
     nb, per = "03_alignment_theory", get(summary, "03_alignment_theory.per_model") or {}
-    frac = {k: _num((per.get(k) or {}).get("bound_holds_frac")) for k in sweep_models(profile)}
+    frac = {k: _num((per.get(k) or {}).get("bound_holds_frac")) for k in per} or \
+        {k: None for k in sweep_models(profile)}
     missing = [k for k, v in frac.items() if v is None]
     ok = not missing and all(v == 1.0 for v in frac.values())
     return [Claim("check.etmann_bound", "Etmann 2019, slide 7", "implementation check: ρ̃ ≤ α + ‖x‖‖ḡ†−ḡ‖ + |β†|/‖g†‖",
                   "on every sample (a theorem)", " · ".join(f"{k} {_fmt(v, 3)}" for k, v in frac.items()),
-                  "fraction = 1", "not measured" if missing else ("holds" if ok else "differs"),
+                  "fraction = 1", "not measured" if missing else ("holds" if ok else "opposite"),
                   f"no value for {', '.join(missing)}" if missing else "", nb, frac)]
+
+
+def visualize_sweep(profile: dict) -> dict[str, float]:
+    """The pgd sweep restricted to the models notebooks 04-06 compare (`visualize.models`, default: all)."""
+    pgd = sweeps(profile).get("pgd", {})
+    chosen = (profile.get("visualize") or {}).get("models")
+    return {k: v for k, v in pgd.items() if not chosen or k in chosen}
 
 
 CLAIMS = (accuracy, fd, inversion, etmann, wang, concentration)
 
 
+def decide(rows: list[Claim], alpha: float = ALPHA) -> list[Claim]:
+    """Holm over both one-sided p-values of every trend claim; verdicts from the adjusted values; notes."""
+    family = {}
+    for r in rows:
+        if r.trend and r.verdict != "not measured":
+            family[f"{r.id}:claimed"], family[f"{r.id}:reverse"] = r.p, r.p_reverse
+    adj = stats.holm(family)
+    for r in rows:
+        if not r.trend or r.verdict == "not measured":
+            continue
+        r.p_holm, r.p_reverse_holm = adj[f"{r.id}:claimed"], adj[f"{r.id}:reverse"]
+        r.verdict = "holds" if r.p_holm < alpha else "opposite" if r.p_reverse_holm < alpha else "inconclusive"
+        r.n["family"] = len(family)
+    return rows
+
+
 def evaluate(summary: dict, profile: dict) -> list[Claim]:
-    """Every claim, in report order, from summary.json (notebook stem -> metrics) and the profile."""
-    return [row for fn in CLAIMS for row in fn(summary, profile)]
+    """Every claim, in report order, decided (Holm over the trend claims) and annotated with its note."""
+    rows = decide([row for fn in CLAIMS for row in fn(summary, profile)])
+    for r in rows:
+        notes.annotate(r, summary, profile)
+    return rows
 
 
 def for_notebook(run_dir: str | Path, profile: dict, notebook: str) -> list[dict]:
     """Rows (dicts) of the claims and checks decided by one notebook's metrics, for display in that notebook."""
     summary = load_summary(run_dir)
     rows = [r for r in evaluate(summary, profile) + checks(summary, profile) if r.notebook == notebook]
-    return [{k: getattr(r, k) for k in ("source", "claim", "paper", "ours", "tolerance", "verdict", "reason")}
-            for r in rows]
-
-
-def _fmt(v, digits: int = 2) -> str:
-    v = _num(v)
-    return "–" if v is None else f"{v:.{digits}f}"
+    return [{"claim": r.claim, "ours": r.ours, "τ": _fmt(r.effect.get("tau")), "p": _fmt(r.p, 4),
+             "p (Holm)": _fmt(r.p_holm, 4), "verdict": r.verdict, "note": r.reason} for r in rows]

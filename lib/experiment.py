@@ -37,11 +37,15 @@ class Context:
             raise ValueError(f"profile {self.name!r} has no `{name}` section")
         return self.profile[name]
 
-    def model(self, key: str):
-        """A model trained by notebook 01 (a clear error if it has not run yet), or the published
-        checkpoint its profile entry names (`source:`, lib/zoo.py)."""
-        return zoo.get_model(self.profile, key, self.run_dir, device=self.device, data_root=self.data_root,
-                             train_if_missing=False)
+    def model(self, key: str, seed: int = 0):
+        """Model `key` at training-seed index `seed`, trained by notebook 01 (a clear error if it has not run
+        yet), or the published checkpoint its profile entry names (`source:`, lib/zoo.py)."""
+        return zoo.get_model(self.profile, key, self.run_dir, seed=seed, device=self.device,
+                             data_root=self.data_root, train_if_missing=False)
+
+    def models(self, keys) -> dict:
+        """{unit id ('pgd_0.5@1'): model} for every training seed of every key, in key order."""
+        return {u: self.model(*profiles.split_unit(u)) for u in profiles.units(self.profile, keys)}
 
     def dataset(self, split: str):
         return data.load_for(self.profile, split, self.data_root)

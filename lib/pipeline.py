@@ -102,7 +102,9 @@ def main(argv=None) -> int:
     p.add_argument("--run-dir", default=None, help="default: runs/<profile>")
     p.add_argument("--fig-dir", default=None, help="default: figures/<profile>")
     p.add_argument("--data-root", default=None, help="default: data/")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="SEED of notebooks 02-05: their seeded image draws and "
+                   "random starts (attribution images and noise, alignment images, inversion and generation seeds); "
+                   "training uses the profile's seed, 06 its fid.seeds")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override one profile setting for every notebook, e.g. attributions.ig.steps=100 "
                         "(repeatable; the value is read as YAML)")

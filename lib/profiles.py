@@ -18,12 +18,13 @@ TRAIN_DEFAULTS = {
     "norm": "l2", "eps": 0.0, "step_size": 0.0, "steps": 0, "lam": 0.0, "channels_last": False,
     "compile": False, "data_on_device": False, "tf32": True, "select": "auto",
 }
+UNIT_SEP = "@"  # a unit is one trained model: recipe key and training-seed index, e.g. "pgd_0.5@1"
 # A model entry with `source:` names a published checkpoint (lib/zoo.py) instead of a training recipe.
 EXTERNAL_KEYS = ("source", "path", "arch", "name", "wnids", "mean", "std")
 # Speed options that leave the trained weights' meaning unchanged: not part of a model's identity.
 RUNTIME_KEYS = ("compile", "data_on_device", "tf32")
 # Settings added after models were trained: left out of the hash at these values, so those models keep their folder.
-HASH_SILENT_DEFAULTS = {"select": "auto"}
+HASH_SILENT_DEFAULTS: dict = {}
 
 
 def known() -> list[str]:
@@ -49,8 +50,31 @@ def load(name_or_path: str | Path, overrides: dict | str | None = None) -> dict:
     return prof
 
 
-def model_config(profile: dict, key: str) -> dict:
-    """The full, self-contained training config of model `key`: everything that changes its weights."""
+def seed_count(profile: dict, key: str) -> int:
+    """Training seeds of model `key`: the profile's `seeds` (default 1); an external checkpoint has one."""
+    entry = profile["models"].get(key) or {}
+    return 1 if "source" in entry else int(profile.get("seeds", 1))
+
+
+def unit_id(key: str, seed: int = 0) -> str:
+    return f"{key}{UNIT_SEP}{seed}"
+
+
+def split_unit(unit: str) -> tuple[str, int]:
+    """'pgd_0.5@1' -> ('pgd_0.5', 1); a bare key is its seed 0."""
+    key, sep, seed = unit.rpartition(UNIT_SEP)
+    return (key, int(seed)) if sep else (unit, 0)
+
+
+def units(profile: dict, keys=None) -> list[str]:
+    """Every trained model (unit) of `keys` (default: all models of the profile): each seed of each key, in order."""
+    keys = list(profile["models"]) if keys is None else list(keys)
+    return [unit_id(k, s) for k in keys for s in range(seed_count(profile, k))]
+
+
+def model_config(profile: dict, key: str, seed: int = 0) -> dict:
+    """The full, self-contained training config of model `key` at training-seed index `seed` (its torch seed is
+    the profile's `seed` + `seed`): everything that changes its weights."""
     if key not in profile["models"]:
         raise ValueError(f"profile {profile['name']!r} has no model {key!r}; its models: "
                          f"{', '.join(profile['models'])}")
@@ -69,7 +93,11 @@ def model_config(profile: dict, key: str) -> dict:
     cfg.setdefault("arch_kwargs", profile.get("arch_kwargs", {}))
     # eval.apgd only sets notebook 01's extra APGD column (lib/robustness.py): not part of a model's identity
     ev = {k: v for k, v in profile["eval"].items() if k != "apgd"}
-    cfg.update(dataset=profile["dataset"], seed=profile.get("seed", 0), eval=copy.deepcopy(ev))
+    n = seed_count(profile, key)
+    if not 0 <= seed < n:
+        raise ValueError(f"model {key!r} of profile {profile['name']!r} has training seeds 0..{n - 1} "
+                         f"(`seeds: {n}`), not {seed}")
+    cfg.update(dataset=profile["dataset"], seed=profile.get("seed", 0) + seed, eval=copy.deepcopy(ev))
     if profile.get("dataset_options"):  # absent for most profiles, so their hashes stay as they were
         cfg["dataset_options"] = dict(profile["dataset_options"])
     if cfg["compile"] and cfg["mode"] == "gradnorm":
@@ -89,9 +117,10 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def model_dir(run_dir: str | Path, profile: dict, key: str) -> Path:
-    """Where model `key` of `profile` lives: a different config never overwrites an older model."""
-    return Path(run_dir) / "models" / f"{key}-{config_hash(model_config(profile, key))}"
+def model_dir(run_dir: str | Path, profile: dict, key: str, seed: int = 0) -> Path:
+    """Where model `key` (training-seed index `seed`) of `profile` lives: models/<key>-s<seed>-<config hash>.
+    A different config never overwrites an older model."""
+    return Path(run_dir) / "models" / f"{key}-s{seed}-{config_hash(model_config(profile, key, seed))}"
 
 
 def parse_overrides(overrides: dict | str | None) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lib import attacks, data, models, profiles, train
+from lib import attacks, data, models, profiles, stats, train
 from lib.results import write_json
 
 
@@ -37,7 +37,7 @@ def evaluate(model, ds, settings: dict, *, device="cpu", progress: bool = False)
     """
     n = len(ds) if settings["images"] is None else min(len(ds), settings["images"])
     gen = torch.Generator(device=device).manual_seed(settings["seed"])
-    counts = {"clean": 0, "pgd": 0, "apgd": 0}
+    correct = {"clean": [], "pgd": [], "apgd": []}
     t0 = time.time()
     for start in range(0, n, settings["batch_size"]):
         x, y = ds.batch(torch.arange(start, min(n, start + settings["batch_size"])), device)
@@ -47,26 +47,29 @@ def evaluate(model, ds, settings: dict, *, device="cpu", progress: bool = False)
                           targets=settings["targets"], restarts=settings["restarts"], seed=settings["seed"] + start)
         with torch.no_grad(), models.eval_mode(model):
             for name, xs in (("clean", x), ("pgd", xp), ("apgd", xa)):
-                counts[name] += (model(xs).argmax(1) == y).sum().item()
+                correct[name] += (model(xs).argmax(1) == y).int().tolist()
         if progress:
             print(f"  {start + len(y)}/{n} images, {time.time() - t0:.0f} s")
-    return {"clean_acc_apgd_images": 100.0 * counts["clean"] / n, "pgd_acc_apgd_images": 100.0 * counts["pgd"] / n,
-            "apgd_acc": 100.0 * counts["apgd"] / n, "apgd_images": n, "apgd_seconds": time.time() - t0}
+    acc = {name: 100.0 * sum(v) / n for name, v in correct.items()}
+    return {"clean_acc_apgd_images": acc["clean"], "pgd_acc_apgd_images": acc["pgd"], "apgd_acc": acc["apgd"],
+            "apgd_images": n, "apgd_seconds": time.time() - t0, "apgd_correct": correct["apgd"]}
 
 
-def model_row(profile: dict, key: str, model, run_dir, *, device="cpu", data_root="data",
+def model_row(profile: dict, unit: str, model, run_dir, *, device="cpu", data_root="data",
               progress: bool = False) -> dict:
-    """One table row: clean/PGD test accuracy (meta, or evaluated for an external model) and APGD."""
+    """One table row of one unit ('robust@1'): clean/PGD test accuracy (meta, or evaluated for an external model),
+    APGD, the selected epoch; per-image 0/1 lists under `correct` (clean, pgd) and `apgd_correct`."""
     meta, ev = model.meta, profile["eval"]
-    cfg = {**profiles.model_config(profile, key), "sha256": meta.get("sha256")}  # a replaced file re-evaluates
-    row = {"model": key}
+    key, seed = profiles.split_unit(unit)
+    cfg = {**profiles.model_config(profile, key, seed), "sha256": meta.get("sha256")}  # a replaced file re-evaluates
+    row = {"unit": unit, "model": key, "seed": seed}
     settings = apgd_settings(profile)
     test = None
     if meta.get("external") or settings:
         test = data.load_for(profile, "test", data_root)
     if meta.get("external"):
         row.update(source=cfg["source"], mode="external", eps=None, lam=None)
-        row.update(_cached(run_dir, key, cfg, {"test_images": ev.get("test_images"), **_threat(ev)},
+        row.update(_cached(run_dir, unit, cfg, {"test_images": ev.get("test_images"), **_threat(ev)},
                            lambda: _test_metrics(model, test, ev, device, progress)))
         row.update(best_epoch=None, train_min=None)
     else:
@@ -74,9 +77,10 @@ def model_row(profile: dict, key: str, model, run_dir, *, device="cpu", data_roo
         row.update(source="trained", mode=cfg["mode"], eps=cfg["eps"] if cfg["mode"] == "pgd" else None,
                    lam=cfg["lam"] if cfg["mode"] == "gradnorm" else None, clean_acc=m["clean_acc"],
                    pgd_acc=m["pgd_acc"], test_images=m["test_images"], best_epoch=m["best_epoch"],
-                   train_min=meta["train_seconds"] / 60)
+                   epochs=cfg["epochs"], select=cfg["select"], train_min=meta["train_seconds"] / 60,
+                   correct=m.get("correct"))
     if settings:
-        row.update(_cached(run_dir, key, cfg, settings,
+        row.update(_cached(run_dir, unit, cfg, settings,
                            lambda: evaluate(model, test, settings, device=device, progress=progress)))
     else:
         row.update(apgd_acc=None, apgd_images=None)
@@ -86,12 +90,17 @@ def model_row(profile: dict, key: str, model, run_dir, *, device="cpu", data_roo
     return row
 
 
-def accuracy_table(profile: dict, trained: dict, run_dir, *, device="cpu", data_root="data", progress=True):
-    """A DataFrame with one `model_row` per model of `trained` (key -> model)."""
+def accuracy_rows(profile: dict, trained: dict, run_dir, *, device="cpu", data_root="data", progress=True) -> list:
+    """One `model_row` per unit of `trained` (unit id -> model)."""
+    return [model_row(profile, u, m, run_dir, device=device, data_root=data_root, progress=progress)
+            for u, m in trained.items()]
+
+
+def accuracy_table(rows: list):
+    """The rows as a DataFrame, one per unit, without the per-image lists."""
     import pandas as pd
 
-    return pd.DataFrame([model_row(profile, k, m, run_dir, device=device, data_root=data_root, progress=progress)
-                         for k, m in trained.items()])
+    return pd.DataFrame([{k: v for k, v in r.items() if k not in ("correct", "apgd_correct")} for r in rows])
 
 
 def histories(trained: dict) -> dict:
@@ -106,7 +115,7 @@ def _threat(ev: dict) -> dict:
 def _test_metrics(model, test, ev: dict, device, progress: bool) -> dict:
     r = train.evaluate(model, test, eps=ev["eps"], step_size=ev["step_size"], steps=ev["steps"], norm=ev["norm"],
                        max_images=ev.get("test_images"), device=device, progress=progress)
-    return {"clean_acc": r["clean_acc"], "pgd_acc": r["pgd_acc"], "test_images": r["n"]}
+    return {"clean_acc": r["clean_acc"], "pgd_acc": r["pgd_acc"], "test_images": r["n"], "correct": r["correct"]}
 
 
 def _cached(run_dir, key: str, cfg: dict, settings: dict, compute) -> dict:
@@ -120,14 +129,40 @@ def _cached(run_dir, key: str, cfg: dict, settings: dict, compute) -> dict:
     return result
 
 
-def summary(table, ev: dict) -> dict:
-    """Notebook 01's metrics: every row by model key, and the robust − standard gaps (None if uncomputed)."""
-    rows = table.set_index("model").astype(object).where(table.set_index("model").notna(), None)
+def summary(rows: list, ev: dict) -> dict:
+    """Notebook 01's metrics: every unit's row (`units`), the per-image 0/1 lists for the claims layer
+    (`per_unit`: clean, pgd, apgd; image j is test image j for every unit) and the unit table (`units_meta`)."""
+    per_unit = {"clean_acc": {}, "pgd_acc": {}, "apgd_acc": {}}
+    for r in rows:
+        correct = r.get("correct") or {}
+        per_unit["clean_acc"][r["unit"]] = correct.get("clean")
+        per_unit["pgd_acc"][r["unit"]] = correct.get("pgd")
+        per_unit["apgd_acc"][r["unit"]] = r.get("apgd_correct")
+    per_unit = {q: {u: None if v is None else [100.0 * c for c in v] for u, v in d.items()}
+                for q, d in per_unit.items() if any(v is not None for v in d.values())}
+    table = {r["unit"]: {k: v for k, v in r.items() if k not in ("correct", "apgd_correct")} for r in rows}
+    return {"units": table, "per_unit": per_unit, "eval": ev}
 
-    def gap(col, a="robust", b="standard"):
-        x, y = rows.loc[a, col], rows.loc[b, col]
-        return None if x is None or y is None else float(x) - float(y)
 
-    return {"models": rows.to_dict("index"), "eval": ev, "robust_minus_standard_pgd": gap("pgd_acc"),
-            "robust_minus_standard_apgd": gap("apgd_acc"),
-            "standard_minus_robust_clean": gap("clean_acc", "standard", "robust")}
+def mean_image_norm(ds, max_images: int | None = None) -> float:
+    """Mean L2 norm of the first `max_images` images of `ds` (pixels in [0, 1]): the scale ε is read against."""
+    n = len(ds) if max_images is None else min(len(ds), max_images)
+    x, _ = ds.batch(torch.arange(n), "cpu")
+    return float(x.flatten(1).norm(dim=1).mean())
+
+
+def recipe_table(metrics: dict, seed: int = 0):
+    """Per recipe: mean [95 % interval] over its training seeds and test images (lib.stats.hierarchical) of clean,
+    PGD and APGD accuracy, and every seed's selected epoch."""
+    import pandas as pd
+
+    cols = {}
+    for q, per in metrics["per_unit"].items():
+        table = stats.hierarchical(per, seed=seed).table()
+        cols[q] = {r: f"{v['mean']:.1f} [{v['lo']:.1f}, {v['hi']:.1f}]" for r, v in table.items()}
+        cols["seeds"] = {r: v["seeds"] for r, v in table.items()}
+    epochs: dict = {}
+    for u, row in metrics["units"].items():
+        epochs.setdefault(row["model"], []).append(row.get("best_epoch"))
+    cols["selected epochs"] = {r: ", ".join(str(e) for e in v) for r, v in epochs.items()}
+    return pd.DataFrame(cols)

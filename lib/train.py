@@ -33,36 +33,42 @@ from lib.results import environment
 
 # ---------------------------------------------------------------- public API
 
-def get_model(profile: dict, key: str, run_dir: str | Path, *, device="cpu", data_root="data",
+def get_model(profile: dict, key: str, run_dir: str | Path, *, seed: int = 0, device="cpu", data_root="data",
               train_if_missing: bool = True, progress: bool = True) -> models.Classifier:
-    """Model `key` of `profile`: loaded if a finished run with the same config exists, else trained."""
-    out_dir = profiles.model_dir(run_dir, profile, key)
+    """Model `key` (training-seed index `seed`) of `profile`: loaded if a finished run with the same config
+    exists, else trained."""
+    out_dir = profiles.model_dir(run_dir, profile, key, seed)
     if checkpoints.is_complete(out_dir):
         return checkpoints.load_model(out_dir, device)
     if not train_if_missing:
-        raise FileNotFoundError(f"model {key!r} of profile {profile['name']!r} is not trained yet ({out_dir}): "
+        raise FileNotFoundError(f"model {key!r} (seed {seed}) of profile {profile['name']!r} is not trained yet "
+                                f"({out_dir}): "
                                 f"run notebook 01 or `python -m lib.train --profile {profile['name']} "
                                 f"--model {key} --run-dir {run_dir}` first.")
-    cfg = profiles.model_config(profile, key)
+    cfg = profiles.model_config(profile, key, seed)
     return train(cfg, out_dir, device=device, data_root=data_root, progress=progress,
-                 meta_extra={"profile": profile["name"], "key": key})
+                 meta_extra={"profile": profile["name"], "key": key, "seed_index": seed,
+                             "unit": profiles.unit_id(key, seed)})
 
 
 @exact_fp32
 def evaluate(model, ds, *, eps: float, step_size: float, steps: int, norm: str = "l2", batch_size: int = 256,
              max_images: int | None = None, device="cpu", seed: int = 0, progress: bool = False) -> dict:
-    """Clean and PGD accuracy in percent on the first `max_images` of `ds`."""
+    """Clean and PGD accuracy in percent on the first `max_images` of `ds`, and per image (`correct`: 0/1 lists
+    `clean` and `pgd`, image j = dataset index j, so every model's lists are paired)."""
     n = len(ds) if max_images is None else min(len(ds), max_images)
     gen = torch.Generator(device=device).manual_seed(seed)
-    correct = robust = 0
+    clean, robust = [], []
     for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
         x, y = ds.batch(torch.arange(start, min(n, start + batch_size)), device)
         with torch.no_grad(), models.eval_mode(model):
-            correct += (model(x).argmax(1) == y).sum().item()
+            clean.append(model(x).argmax(1) == y)
         xa = attacks.pgd(model, x, y, eps=eps, step_size=step_size, steps=steps, norm=norm, generator=gen)
         with torch.no_grad(), models.eval_mode(model):
-            robust += (model(xa).argmax(1) == y).sum().item()
-    return {"clean_acc": 100.0 * correct / n, "pgd_acc": 100.0 * robust / n, "n": n}
+            robust.append(model(xa).argmax(1) == y)
+    clean, robust = torch.cat(clean).int().tolist(), torch.cat(robust).int().tolist()
+    return {"clean_acc": 100.0 * sum(clean) / n, "pgd_acc": 100.0 * sum(robust) / n, "n": n,
+            "correct": {"clean": clean, "pgd": robust}}
 
 
 def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", progress: bool = True,
@@ -151,9 +157,8 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
         row = {"epoch": epoch + 1, "lr": sched.get_last_lr()[0], "train_loss": run_loss / (1 - 0.9 ** steps_per_epoch),
                "train_acc": 100 * run_acc / (1 - 0.9 ** steps_per_epoch)}
         if rank == 0:
-            val = evaluate(model, val_ds, eps=ev["eps"], step_size=ev["step_size"], steps=ev["val_steps"],
-                           norm=ev["norm"], max_images=cfg["val_images"], device=device, seed=cfg["seed"])
-            row.update(val_clean_acc=val["clean_acc"], val_pgd_acc=val["pgd_acc"])
+            val = validate(model, val_ds, cfg, device)
+            row.update({f"val_{k}": v for k, v in val.items() if k not in ("n", "correct")})
             metric = _selection_metric(cfg, val)
             if metric > state["best_metric"]:  # selection on val, never on test
                 state["best_metric"], state["best_epoch"] = metric, epoch + 1
@@ -175,7 +180,8 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
                         max_images=ev.get("test_images"), device=device, seed=cfg["seed"], progress=progress)
         meta = {**(meta_extra or {}), "config": cfg, "config_hash": profiles.config_hash(cfg), "arch": arch,
                 "metrics": {"clean_acc": test["clean_acc"], "pgd_acc": test["pgd_acc"], "test_images": test["n"],
-                            "best_epoch": state.get("best_epoch"), "val_metric": state["best_metric"]},
+                            "best_epoch": state.get("best_epoch"), "val_metric": state["best_metric"],
+                            "correct": test["correct"]},
                 "history": state["history"], "train_seconds": state["seconds"], "world_size": world,
                 "environment": environment(device)}
         checkpoints.save_model(model, meta, out_dir)
@@ -277,12 +283,31 @@ def _arch(cfg: dict, ds: data.ImageTensorDataset) -> dict:
             "image_size": size, "kwargs": dict(cfg["arch_kwargs"])}
 
 
+def validate(model, val_ds, cfg: dict, device) -> dict:
+    """Validation accuracy (%) that selects the checkpoint: clean, PGD at the evaluation ε (`pgd_acc`) and, for a
+    PGD-trained model, PGD at its own training ε (`own_pgd_acc`, step 2.5·ε/val_steps, Madry's rule)."""
+    ev = cfg["eval"]
+    kw = dict(norm=ev["norm"], max_images=cfg["val_images"], device=device, seed=cfg["seed"])
+    val = evaluate(model, val_ds, eps=ev["eps"], step_size=ev["step_size"], steps=ev["val_steps"], **kw)
+    if cfg["mode"] == "pgd" and cfg["eps"] > 0:
+        own = evaluate(model, val_ds, eps=cfg["eps"], step_size=2.5 * cfg["eps"] / ev["val_steps"],
+                       steps=ev["val_steps"], **{**kw, "norm": cfg["norm"]})
+        val["own_pgd_acc"] = own["pgd_acc"]
+    return val
+
+
 def _selection_metric(cfg: dict, val: dict) -> float:
-    """Checkpoint selection on val: `select` pgd, clean, mean (of the two; Boychev's code) or auto
-    (PGD accuracy for PGD training, clean accuracy otherwise)."""
-    kind = cfg["select"] if cfg["select"] != "auto" else ("pgd" if cfg["mode"] == "pgd" else "clean")
+    """Checkpoint selection on val (`select`): auto — a PGD-trained model by PGD accuracy at its own training ε
+    (not at the evaluation ε, which would pick an early, less accurate checkpoint of a weakly trained model),
+    every other model by clean accuracy; mean — the mean of clean and PGD accuracy (Boychev's code; PGD at the
+    model's own ε when it is PGD-trained, else at the evaluation ε); pgd — PGD accuracy at the evaluation ε;
+    clean."""
+    robust = val.get("own_pgd_acc", val["pgd_acc"])
+    kind = cfg["select"]
+    if kind == "auto":
+        return robust if "own_pgd_acc" in val else val["clean_acc"]
     if kind == "mean":
-        return 0.5 * (val["clean_acc"] + val["pgd_acc"])
+        return 0.5 * (val["clean_acc"] + robust)
     if kind in ("pgd", "clean"):
         return val[f"{kind}_acc"]
     raise ValueError(f"unknown checkpoint selection {cfg['select']!r}; use auto, pgd, clean or mean")

@@ -68,13 +68,23 @@ def is_external(profile: dict, key: str) -> bool:
     return isinstance(profile["models"].get(key), dict) and "source" in profile["models"][key]
 
 
-def get_model(profile: dict, key: str, run_dir, *, device="cpu", data_root="data", train_if_missing=True,
-              progress=True) -> models.Classifier:
-    """Model `key` of `profile`: an external checkpoint when its entry has `source:`, else trained/loaded."""
+def get_model(profile: dict, key: str, run_dir, *, seed: int = 0, device="cpu", data_root="data",
+              train_if_missing=True, progress=True) -> models.Classifier:
+    """Model `key` (training-seed index `seed`) of `profile`: an external checkpoint when its entry has `source:`,
+    else trained/loaded."""
     if is_external(profile, key):
-        return load_external(profiles.model_config(profile, key), device=device, data_root=data_root)
-    return train.get_model(profile, key, run_dir, device=device, data_root=data_root,
+        return load_external(profiles.model_config(profile, key, seed), device=device, data_root=data_root)
+    return train.get_model(profile, key, run_dir, seed=seed, device=device, data_root=data_root,
                            train_if_missing=train_if_missing, progress=progress)
+
+
+def get_models(profile: dict, units: list[str], run_dir, **kw) -> dict[str, models.Classifier]:
+    """{unit: model} for unit ids such as 'robust@1' (lib.profiles.units), each as `get_model` gives it."""
+    out = {}
+    for unit in units:
+        key, seed = profiles.split_unit(unit)
+        out[unit] = get_model(profile, key, run_dir, seed=seed, **kw)
+    return out
 
 
 def load_external(cfg: dict, *, device="cpu", data_root="data") -> models.Classifier:

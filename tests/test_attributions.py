@@ -199,3 +199,41 @@ def test_explain_models_runs_all_methods_on_the_pair_and_sweep_methods_on_the_re
                                 output="softmax", seed=5)
     assert torch.allclose(exps["standard"].maps["ig"], ig)
     assert A.method_title("ig", cfg) == "Integrated Gradients (uniform baseline ×2, softmax, 4 steps)"
+
+
+# ---------------------------------------------------------------- explain: a partial cfg takes the defaults
+
+def _direct(model, x, t, bg, method):
+    """`method` called directly with each function's own defaults (boundary methods: Wang's search of DEFAULTS)."""
+    b = boundary.boundary_search(model, x, t, eps_list=[0.141, 0.251, 0.3, 0.5, 0.7, 0.9, 1.1], steps=40,
+                                 **boundary.WANG) if method in A.BOUNDARY_METHODS else None
+    return {"saliency": lambda: A.saliency(model, x, t), "smoothgrad": lambda: A.smoothgrad(model, x, t),
+            "ig": lambda: A.integrated_gradients(model, x, t), "eg": lambda: A.expected_gradients(
+                model, x, t, background=bg), "shap": lambda: A.shap_values(model, x, t, background=bg),
+            "deeplift": lambda: A.deeplift(model, x, t), "agi": lambda: A.agi(model, x, t),
+            "big": lambda: A.big(model, x, t, b), "bsm": lambda: A.bsm(model, x, t, b),
+            "bsg": lambda: A.bsg(model, x, t, b), "bdt": lambda: A.bdt(model, x, t, b)}[method]()
+
+
+@pytest.mark.parametrize("method", A.METHODS)
+def test_each_method_alone_with_a_minimal_cfg_uses_the_functions_defaults(setup, method):
+    model, x, t, bg = setup
+    x, t, bg = x[:3], t[:3], bg[:8]
+    exp = A.explain(model, x, t, {"methods": [method]}, background=bg)
+    assert set(exp.maps) == {method}
+    assert not exp.maps[method].isnan().all()  # Wang's ε list finds boundary points on these digits
+    assert torch.allclose(exp.maps[method], _direct(model, x, t, bg, method), atol=1e-6, equal_nan=True)
+    assert (exp.boundary is not None) == (method in A.BOUNDARY_METHODS)
+
+
+def test_explain_without_background_or_cfg_sections(setup):
+    model, x, t, _ = setup
+    exp = A.explain(model, x[:2], t[:2], {"methods": ["saliency"]})  # the call of issue 17: no KeyError
+    assert torch.equal(exp.maps["saliency"], A.saliency(model, x[:2], t[:2]))
+    partial = A.explain(model, x[:2], t[:2], {"methods": ["ig"], "ig": {"steps": 8}})  # a section in part
+    assert torch.equal(partial.maps["ig"], A.integrated_gradients(model, x[:2], t[:2], steps=8))
+    with pytest.raises(ValueError, match="background"):
+        A.explain(model, x[:2], t[:2], {"methods": ["eg"]})
+    assert A.DEFAULTS["ig"]["steps"] == 50 and A.with_defaults(None) == A.DEFAULTS  # a copy, never a mutation
+    A.with_defaults({"ig": {"steps": 3}})
+    assert A.DEFAULTS["ig"]["steps"] == 50

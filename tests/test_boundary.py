@@ -93,6 +93,39 @@ def test_untargeted_alone_is_an_upper_bound():
     assert (b.distance[b.success] >= exact_affine_distance(model, x)[b.success] * (1 - 1e-4)).all()
 
 
+def scaled_affine(seed=7, classes=10):
+    """Affine classes with weight norms from 0.1 to 10 and spread biases: the class CE-PGD heads for (large
+    softmax share) is often not the nearest boundary (small gap / ‖∇ gap‖), so a search must target ρ̃'s class."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(classes, 64, generator=g) * torch.logspace(-1, 1, classes)[:, None]
+    return Affine(w, 3 * torch.randn(classes, generator=g))
+
+
+@pytest.mark.parametrize("model", [affine(), affine(shared=3.0), scaled_affine()], ids=["plain", "shared", "scaled"])
+def test_default_arguments_find_the_exact_affine_distance_within_rtol(model):
+    x = interior_images(64, seed=7)
+    exact = exact_affine_distance(model, x)
+    b = boundary.boundary_search(model, x)  # every argument at its default: the accurate search
+    assert b.success.all()
+    assert_verified(model, x, b, model(x).argmax(1))
+    rel = (b.distance - exact) / exact
+    assert rel.min() >= -1e-4  # never below the exact distance: every point is verified
+    bound = 1 / (1 - 0.01) - 1  # distance ≤ ρ/(1 − rtol) at the default rtol 0.01
+    assert rel.median() <= bound and rel.max() <= bound
+
+
+def test_default_arguments_on_a_biased_binary_model():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(64, generator=g)
+    model = Affine(torch.stack([z / 2, -z / 2]), torch.tensor([0.4, -0.4]))
+    x = interior_images(32, seed=4)
+    exact = ((x.flatten(1) @ z) + 0.8).abs() / z.norm()  # |w·x + b| / ‖w‖ with w = z, b = 0.8
+    b = boundary.boundary_search(model, x)
+    assert b.success.all()
+    rel = (b.distance - exact) / exact
+    assert rel.min() >= -1e-4 and rel.max() <= 1 / (1 - 0.01) - 1
+
+
 def test_misclassified_label_has_radius_zero():
     model = affine(classes=2)
     x = interior_images(4)
@@ -113,15 +146,33 @@ def net():
 
 def test_eps_list_points_flip_lie_within_their_eps_and_refine_only_shortens(net):
     model, x, y = net
-    b = boundary.boundary_search(model, x, y, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10)
+    b = boundary.boundary_search(model, x, y, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10, **boundary.WANG)
     assert b.success.float().mean() > 0.9
     assert_verified(model, x, b, y)
-    raw = boundary.boundary_search(model, x, y, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10, refine_steps=0)
+    raw = boundary.boundary_search(model, x, y, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10,
+                                  **{**boundary.WANG, "refine_steps": 0})
     assert torch.equal(raw.success, b.success) and torch.equal(raw.eps[b.success], b.eps[b.success])
     assert (b.distance[b.success] <= raw.distance[b.success] + 1e-6).all()
-    bis = boundary.boundary_search(model, x, y, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10, bisect_steps=6)
+    bis = boundary.boundary_search(model, x, y, eps_list=[0.1, 0.3, 1.0, 3.0], steps=10,
+                                  **{**boundary.WANG, "bisect_steps": 6})
     assert_verified(model, x, bis, y)
     assert (bis.distance[b.success] <= b.distance[b.success] + 1e-6).all()  # bisection never moves away
+
+
+def test_wang_preset_is_ce_pgd_over_the_list_without_bisection(net, monkeypatch):
+    model, x, y = net
+    losses = []
+    pgd = attacks.pgd
+
+    def spy(*args, **kw):
+        losses.append(kw.get("loss_fn"))
+        return pgd(*args, **kw)
+
+    monkeypatch.setattr(attacks, "pgd", spy)
+    eps_list = [0.1, 0.3, 1.0, 3.0]
+    b = boundary.boundary_search(model, x, y, eps_list=eps_list, steps=10, **boundary.WANG)
+    assert all(fn is None for fn in losses) and len(losses) <= len(eps_list)  # CE, one untargeted run per ε
+    assert set(b.eps[b.success].tolist()) <= set(eps_list)  # no bisection: every kept radius is from the list
 
 
 def test_failures_are_flagged_nan(net):
@@ -142,7 +193,7 @@ def test_absolute_steps_and_smallest_flipping_eps(net, monkeypatch):
 
     monkeypatch.setattr(attacks, "pgd", spy)
     eps_list = [0.05, 0.2, 0.8, 3.2]
-    b = boundary.boundary_search(model, x, y, eps_list=eps_list, steps=8, refine_steps=0)
+    b = boundary.boundary_search(model, x, y, eps_list=eps_list, steps=8, **{**boundary.WANG, "refine_steps": 0})
     assert len(calls) >= 2  # the spy sees the search's attacks
     for eps, step, steps, _ in calls:
         assert step == pytest.approx(2.5 * eps / 8) and steps == 8  # absolute, not ∝ ε² (reference bug)

@@ -19,9 +19,10 @@ def _write(tmp_path):
     fig_dir.mkdir()
     prof = profiles.load("smoke")
     summary = summary_for(prof)
+    summary["01_training"]["units"] = {"robust@0": {"model": "robust", "best_epoch": 4}}
     summary.update({"_timings_s": {"01_training": 12.0}, "_environment": {"device": "cpu"}})
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    for name in ("01_a", "02_b"):
+    for name in ("01_accuracy", "02_b"):
         fig, ax = plt.subplots(figsize=(2, 2))
         ax.plot([0, 1], [1, 0])
         fig.savefig(fig_dir / f"{name}.png")
@@ -29,14 +30,21 @@ def _write(tmp_path):
     return report.write(run_dir, fig_dir, prof), summary, prof
 
 
-def test_report_files_list_every_figure_every_claim_and_embed_images(tmp_path):
+def test_report_shows_conditions_every_claim_with_n_p_and_figures_under_their_claim(tmp_path):
     (md, page), summary, prof = _write(tmp_path)
     text = md.read_text()
-    assert "01_a" in text and "02_b" in text and "| 01_training | 12 |" in text
+    assert "| 01_training | 12 |" in text and "## Conditions" in text and "robust@0 4" in text
     for row in claims.evaluate(summary, prof) + claims.checks(summary, prof):
-        assert "| " + row.claim.replace("|", "\\|") + " |" in text
+        assert row.claim.replace("|", "\\|") in text
         assert row.claim in page.read_text().replace("&#x27;", "'")
-    assert "## Implementation checks" in text
+        if row.trend and row.verdict != "not measured":
+            assert f"{row.n['images']} img · {row.n['seeds']} seeds · {row.n['models']} models" in text
+            assert claims._fmt(row.p_holm, 4) in text
+    rob = next(r for r in claims.evaluate(summary, prof) if r.id == "accuracy.robust")
+    section = text[text.index("## Figures"):]
+    assert section.index(rob.claim) < section.index("01_accuracy") < section.index("Other figures") \
+        < section.index("02_b")
+    assert "## Implementation checks" in text and "Clean and PGD test accuracy" in text
     assert page.read_text().count("data:image/png;base64,") == 2
 
 
@@ -54,6 +62,6 @@ def test_report_renders_with_its_images_in_headless_chromium(tmp_path):
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert 'data-images-loaded="2/2"' in dom.stdout, dom.stderr[-2000:]
     shot = tmp_path / "report.png"
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()],
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1400,900", page.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
