@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from lib.boundary import Linearized, boundary_search, cosine, dot, linearize, logit_grad, norm
@@ -243,72 +242,3 @@ def figure_data(per_sample: dict, metrics: dict) -> dict[str, dict]:
                         "margin_mean": metrics["wang_by_distance"]["margin"]["mean"]},
     }
 
-
-# ---------------------------------------------------------------- Wang as a regression, Etmann's α–ρ shape
-
-def wang_regression(cos: dict, distance: dict, recipe: dict, *, n_boot: int = 1000, level: float = 0.95,
-                    seed: int = 0) -> dict:
-    """OLS cos ~ model + log(distance): one intercept per model (recipe) and a common slope on log distance.
-
-    cos, distance: {unit: (N,) array}, images aligned across units (NaN / distance ≤ 0: left out); recipe:
-    {unit: model}. The first model is the reference. Returns slope (per unit log distance) with its interval,
-    per_model {model: {effect, lo, hi, level, level_lo, level_hi}}: `level` is the model's cosine at the
-    pooled mean log distance L̄ (matched distance) and `effect` its shift from the reference model's; intervals
-    from a percentile bootstrap over images (one image draw shared by every unit: paired); and `adjusted`
-    {unit: cos − slope·(log d − L̄)} per image, whose mean per model equals `level` (OLS residuals sum to 0 in
-    each dummy's group), so a test over units of these values is a test of the model terms."""
-    units = list(cos)
-    models = list(dict.fromkeys(recipe[u] for u in units))
-    c = np.stack([np.asarray(cos[u], float) for u in units])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logd = np.log(np.stack([np.asarray(distance[u], float) for u in units]))
-    ok = np.isfinite(c) & np.isfinite(logd)
-    if ok.sum() < len(models) + 2:
-        raise ValueError(f"wang_regression needs more than {len(models) + 1} finite (cosine, distance) pairs")
-    ref_logd = float(logd[ok].mean())
-    member = np.array([models.index(recipe[u]) for u in units])
-
-    def fit(weights):  # weights (units, N): image multiplicities of one bootstrap draw (1 = the data)
-        w = (weights * ok).ravel()
-        xm = np.zeros((len(units), c.shape[1], len(models)))
-        xm[np.arange(len(units)), :, member] = 1.0
-        design = np.concatenate([xm.reshape(-1, len(models)), np.where(ok, logd - ref_logd, 0).reshape(-1, 1)], 1)
-        sw = np.sqrt(w)[:, None]
-        beta, *_ = np.linalg.lstsq(design * sw, np.where(ok, c, 0).reshape(-1) * sw[:, 0], rcond=None)
-        return beta
-
-    point = fit(np.ones_like(c))
-    rng = np.random.default_rng(seed)
-    n = c.shape[1]
-    boots = np.array([fit(np.broadcast_to(np.bincount(rng.integers(0, n, n), minlength=n), c.shape))
-                      for _ in range(n_boot)])
-    q = [(1 - level) / 2, (1 + level) / 2]
-    per_model = {}
-    for i, m in enumerate(models):
-        eff, lv = boots[:, i] - boots[:, 0], boots[:, i]
-        per_model[m] = {"effect": float(point[i] - point[0]), **dict(zip(("lo", "hi"), np.quantile(eff, q).tolist())),
-                        "level": float(point[i]),
-                        **dict(zip(("level_lo", "level_hi"), np.quantile(lv, q).tolist()))}
-    slope_lo, slope_hi = np.quantile(boots[:, -1], q).tolist()
-    adjusted = {u: np.where(ok[k], c[k] - point[-1] * (logd[k] - ref_logd), np.nan) for k, u in enumerate(units)}
-    return {"slope": float(point[-1]), "slope_lo": slope_lo, "slope_hi": slope_hi, "ref_log_distance": ref_logd,
-            "reference": models[0], "per_model": per_model, "adjusted": adjusted, "n": int(ok.sum())}
-
-
-def etmann_shape(alpha: dict, rho: dict, strength: dict, recipe: dict) -> dict:
-    """Shape of mean α against mean ρ over one sweep (Etmann's slide: α rises with ρ, and how).
-
-    alpha, rho: {unit: mean over images}; strength: {model: training strength}, weakest first; recipe:
-    {unit: model}. ratio: per model the mean over its units of α/ρ; loglog_slope k of log α on log ρ over
-    units (OLS): k > 1 superlinear growth, k < 1 saturation (sublinear), with `shape` read from the ratio's
-    change from the weakest to the strongest model (ratio rising: superlinear; falling: saturating)."""
-    units = [u for u in alpha if recipe[u] in strength and np.isfinite(rho.get(u, np.nan)) and rho[u] > 0
-             and alpha[u] > 0]
-    ratio = {m: float(np.mean([alpha[u] / rho[u] for u in units if recipe[u] == m]))
-             for m in strength if any(recipe[u] == m for u in units)}
-    x, y = np.log([rho[u] for u in units]), np.log([alpha[u] for u in units])
-    k = float(np.polyfit(x, y, 1)[0]) if len(units) > 1 and np.ptp(x) > 0 else math.nan
-    first, last = (ratio[m] for m in (next(iter(ratio)), list(ratio)[-1])) if ratio else (math.nan, math.nan)
-    shape = "superlinear" if last > first else "saturating" if last < first else "linear"
-    return {"ratio": ratio, "loglog_slope": k, "ratio_change": float(last - first) if ratio else math.nan,
-            "shape": shape if ratio else None, "units": units}

@@ -33,15 +33,15 @@ def fd_vs_steps(steps: list, labels: dict, floor: dict, fd: dict, kid: dict, kid
     return fig
 
 
-def alpha_vs_rho(alpha: dict, rho: dict, sweep_of: dict, strength: dict):
+def alpha_vs_rho(alpha: dict, rho: dict, sweep_of: dict, recipe: dict):
     """Etmann's slide: mean α against mean ρ, one point per unit (model seed), one line per sweep through the
     recipes' means in order of training strength. alpha, rho: {unit: float}; sweep_of: {sweep: [recipe, ...]};
-    strength: {unit: recipe}."""
+    recipe: {unit: model}."""
     fig, ax = plt.subplots(figsize=(5, 3.8))
     for sweep, recipes in sweep_of.items():
         xs, ys = [], []
         for r in recipes:
-            us = [u for u, rr in strength.items() if rr == r and np.isfinite(rho.get(u, np.nan))]
+            us = [u for u, rr in recipe.items() if rr == r and np.isfinite(rho.get(u, np.nan))]
             if not us:
                 continue
             ax.scatter([rho[u] for u in us], [alpha[u] for u in us], s=14, alpha=0.6)
