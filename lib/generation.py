@@ -249,7 +249,7 @@ def budget_curves(study: FDStudy) -> dict:
     b = study.budget
     field = {f: {n: {k: [d[t][f] for t in study.grid] for k, d in b[n].items()} for n in b}
              for f in ("fd", "kid", "kid_lo", "kid_hi", "sat_high")}
-    return dict(steps=study.grid, labels={n: study.spaces[n]["label"] for n in b},
+    return dict(steps=study.grid, labels={n: f"{n}: {study.spaces[n]['label']}" for n in b},
                 floor={n: float(np.mean(study.per_seed[n]["real"])) for n in b}, **field)
 
 

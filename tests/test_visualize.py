@@ -272,6 +272,11 @@ def test_inversion_study_reports_both_statistics(net, digits):
     m = inversion.summary_metrics(res, dist, "FD-x", {"standard": 30.1})
     assert m["feature_distance_boychev"]["standard"] == pytest.approx(table.loc["standard", inversion.BOYCHEV_COLUMN])
     assert m["n_targets"] == 2 and m["models"] == ["standard", "robust"]
+    assert m["per_unit"]["feature_distance"]["robust@0"] == pytest.approx(dist["pair"]["robust"].reshape(2, 3).mean(1))
+    both = inversion.summary_metrics(res, dist, "FD-x", None, {"a": ("FD-x", dist),
+                                                               "b": ("FD-y", inversion.feature_distances(res, net))})
+    assert set(both["feature_distance_spaces"]) == {"a", "b"} and \
+        both["per_unit"]["feature_distance.a"] == both["per_unit"]["feature_distance"]
     single = inversion.invert_all({"standard": net}, test, {**inv, "source": "image"})
     assert inversion.summary_metrics(single, inversion.feature_distances(single, other), "FD-x", None)[
         "feature_distance_boychev"] is None  # his statistic needs triples
