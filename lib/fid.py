@@ -136,7 +136,9 @@ def domain_extractor(profile: dict, spec: dict, run_dir: str | Path, *, device="
     base = profiles.model_config(profile, "standard")
     cfg = {**base, "mode": "standard", **spec}
     # a feature extractor needs no robustness evaluation: eps 0 makes val/test PGD a no-op (clean accuracy)
-    cfg["eval"] = {**cfg["eval"], "eps": 0.0, "steps": 0, "val_steps": 0}
+    # (a PGD-trained extractor keeps val_steps: train.validate also attacks it at its own training ε)
+    val_steps = cfg["eval"]["val_steps"] if cfg["mode"] == "pgd" else 0
+    cfg["eval"] = {**cfg["eval"], "eps": 0.0, "steps": 0, "val_steps": val_steps}
     if cfg["seed"] == base["seed"] or (cfg["arch"], cfg["arch_kwargs"]) == (base["arch"], base["arch_kwargs"]):
         raise ValueError("the fd extractor must differ from the standard model in both seed and architecture "
                          "(set `seed` and `arch`/`arch_kwargs` in the profile's fid.feature_spaces entry)")
