@@ -244,3 +244,4 @@ def figure_data(per_sample: dict, metrics: dict) -> dict[str, dict]:
                         "saliency_mean": metrics["wang_by_distance"]["saliency"]["mean"],
                         "margin_mean": metrics["wang_by_distance"]["margin"]["mean"]},
     }
+

@@ -23,13 +23,16 @@ LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps, step_size, steps: int,
         norm: str = "l2", random_start: bool = True, targeted: bool = False, loss_fn: LossFn | None = None,
         generator: torch.Generator | None = None, delta0: torch.Tensor | None = None,
-        autocast: torch.dtype | None = None) -> torch.Tensor:
+        autocast: torch.dtype | None = None, snapshot: Callable[[int, torch.Tensor], None] | None = None
+        ) -> torch.Tensor:
     """Maximise a per-example loss over the ε-ball around x; return x + δ in [0,1].
 
     x: (N,C,H,W) in [0,1]; y: (N,) labels (the target class when `targeted`).
     eps, step_size: floats or (N,) tensors, in pixel units of the chosen norm.
     loss_fn(model, x_adv, y) -> (N,) loss to *maximise*; default CE, or -CE when targeted.
     delta0: a fixed starting perturbation (projected), e.g. noise shared across DDP ranks.
+    snapshot(t, x_adv): called with the detached iterate after t = 0, 1, …, steps steps (one run gives a
+    whole trajectory, e.g. generation images at several budgets).
     The attack runs in eval mode; the model's modes are restored afterwards.
     """
     if norm not in NORMS:
@@ -43,6 +46,9 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps,
         raise ValueError(f"pgd: steps must be an integer >= 0, got {steps!r}")
     check_images(x)
     if not torch.is_tensor(eps) and eps == 0:
+        if snapshot is not None:
+            for t in range(steps + 1):
+                snapshot(t, x.detach().clone())
         return x.detach().clone()
     if loss_fn is None:
         loss_fn = _neg_ce if targeted else _ce
@@ -55,13 +61,17 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps,
         delta = torch.zeros_like(x)
     delta = _project(x, delta, eps_t, norm)
     amp = torch.autocast(x.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+    if snapshot is not None:
+        snapshot(0, (x + delta).detach())
     with eval_mode(model), torch.enable_grad():
-        for _ in range(steps):
+        for t in range(steps):
             delta.requires_grad_(True)
             with amp:
                 loss = loss_fn(model, x + delta, y).float().sum()
             (grad,) = torch.autograd.grad(loss, delta)
             delta = _project(x, delta.detach() + step_t * _direction(grad, norm), eps_t, norm)
+            if snapshot is not None:
+                snapshot(t + 1, (x + delta).detach())
     return (x + delta).detach()
 
 

@@ -136,7 +136,9 @@ def domain_extractor(profile: dict, spec: dict, run_dir: str | Path, *, device="
     base = profiles.model_config(profile, "standard")
     cfg = {**base, "mode": "standard", **spec}
     # a feature extractor needs no robustness evaluation: eps 0 makes val/test PGD a no-op (clean accuracy)
-    cfg["eval"] = {**cfg["eval"], "eps": 0.0, "steps": 0, "val_steps": 0}
+    # (a PGD-trained extractor keeps val_steps: train.validate also attacks it at its own training ε)
+    val_steps = cfg["eval"]["val_steps"] if cfg["mode"] == "pgd" else 0
+    cfg["eval"] = {**cfg["eval"], "eps": 0.0, "steps": 0, "val_steps": val_steps}
     if cfg["seed"] == base["seed"] or (cfg["arch"], cfg["arch_kwargs"]) == (base["arch"], base["arch_kwargs"]):
         raise ValueError("the fd extractor must differ from the standard model in both seed and architecture "
                          "(set `seed` and `arch`/`arch_kwargs` in the profile's fid.feature_spaces entry)")
@@ -306,6 +308,34 @@ def group_distance(a, b, extractor, group: int, *, batch_size: int = 50, device=
 def frechet_of(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance of two (N, D) activation sets."""
     return frechet_distance(*statistics(a), *statistics(b))
+
+
+def kid(a: np.ndarray, b: np.ndarray, *, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> dict:
+    """Kernel Inception Distance (Bińkowski et al. 2018) of two (N, D) activation sets, as torch-fidelity:
+    the unbiased MMD² with the cubic kernel k(u, v) = (u·v/D + 1)³ on `subsets` random subsets of
+    min(subset_size, N_a, N_b) rows of each set (drawn without replacement, np.random.RandomState(seed)).
+    Unbiased at any n (expectation 0 for two draws of one distribution, so it can be negative).
+    Returns kid (mean over subsets), kid_std (their std, torch-fidelity's ±), and kid_lo / kid_hi: the
+    2.5 / 97.5 % percentiles of the subset values (the spread of a subset-size estimate)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"kid needs two (N, D) activation arrays of equal D, got {a.shape} and {b.shape}")
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError(f"kid needs at least 2 rows in each set, got {len(a)} and {len(b)}")
+    rng = np.random.RandomState(seed)
+    values = np.array([_mmd2_unbiased(a[rng.choice(len(a), m, replace=False)],
+                                      b[rng.choice(len(b), m, replace=False)]) for _ in range(subsets)])
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return {"kid": float(values.mean()), "kid_std": float(values.std()), "kid_lo": float(lo), "kid_hi": float(hi)}
+
+
+def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD² of two (m, D) samples under the cubic polynomial kernel (diagonals of K_xx, K_yy left out)."""
+    m, d = len(x), x.shape[1]
+    kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+    same = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(same - 2 * kxy.sum() / (m * m))
 
 
 def per_class_fd(acts: np.ndarray, y, ref: np.ndarray, ref_y, classes) -> tuple[np.ndarray, str | None]:

@@ -79,7 +79,9 @@ def class_grid(seeds: torch.Tensor, generated: dict, n_classes: int, show: list,
 
 @dataclass
 class FDStudy:
-    """Fréchet distances of image sets (real, seeds, each model) to the test set, per feature space."""
+    """Fréchet distances of image sets (real, seeds, each model) to the test set, per feature space, at the
+    profile's generation budget; and, along the same generation runs, every model's FD / KID / saturation at
+    each step count of the budget grid."""
 
     spaces: dict                                        # name -> fid.describe(extractor)
     sets: list
@@ -88,41 +90,98 @@ class FDStudy:
     per_class: dict = field(default_factory=dict)       # space -> set -> (K,) mean over seeds (NaN: not computed)
     per_class_reason: dict = field(default_factory=dict)  # space -> None or why per-class FD is not computed
     n_per_set: int = 0
+    grid: list = field(default_factory=list)            # step counts measured along the generation runs
+    budget: dict = field(default_factory=dict)          # space -> model -> step -> {fd, kid, ..., acc}
+    kid: dict = field(default_factory=dict)             # space -> set -> fid.kid of the seeds pooled
+
+
+def budget_grid(fsec: dict, g: dict) -> list[int]:
+    """The step counts of the budget curve: fid.budget_steps (default 0, 5, 10, 20, 40) up to the profile's
+    generation.steps, plus generation.steps itself (the paper's budget scaled to the dataset)."""
+    grid = {int(t) for t in fsec.get("budget_steps", (0, 5, 10, 20, 40)) if 0 <= int(t) <= g["steps"]}
+    return sorted(grid | {int(g["steps"])})
+
+
+def saturation(x: torch.Tensor) -> dict:
+    """Share of pixels ≤ 0.01 and ≥ 0.99, and the mean L2 image norm, of images x (N,C,H,W) in [0,1]."""
+    x = x.double()
+    return {"sat_low": float((x <= 0.01).double().mean()), "sat_high": float((x >= 0.99).double().mean()),
+            "norm": float(x.flatten(1).norm(dim=1).mean())}
 
 
 def fd_study(nets: dict, extractors: dict, train, test, fsec: dict, g: dict, *,
              device="cpu", fake_relu: bool = True, batch_size: int = 500) -> FDStudy:
     """For each seed in fsec["seeds"]: a class-balanced train draw (real), fsec["per_class"] seeds per class
-    (normals fitted on g["seeds_from"]), and each model's generations from those seeds; their FD to `test` in
-    every feature space,
-    each extractor's accuracy on them (domain classifiers only), and per-class FD where `fid.per_class_fd`'s
-    rule allows."""
-    sets = ["real", "seeds", *nets]
+    (normals fitted on g["seeds_from"]), and each model's generations from those seeds, ONE run per model
+    snapshotted at every step of `budget_grid`; their FD to `test` in every feature space at each step,
+    each extractor's accuracy on them (domain classifiers only), per-class FD where `fid.per_class_fd`'s
+    rule allows (at g["steps"]), and KID (fsec["kid"]: subsets, subset_size) over the seeds pooled."""
+    sets, grid, kid_opts = ["real", "seeds", *nets], budget_grid(fsec, g), fsec.get("kid") or {}
     normals = fit_normals(train, test, g)
-    study = FDStudy({n: fid.describe(e) for n, e in extractors.items()}, sets)
+    study = FDStudy({n: fid.describe(e) for n, e in extractors.items()}, sets, grid=grid)
     ref = {n: fid.activations(test, e, batch_size, device=device, progress=False) for n, e in extractors.items()}
     ref_y = test.labels.numpy()
     classes = range(len(test.classes))
     per_cls = {n: {s: [] for s in sets} for n in extractors}
+    pooled = {n: {s: [] for s in [*sets, *[(k, t) for k in nets for t in grid]]} for n in extractors}
+    points = {n: {k: {t: [] for t in grid} for k in nets} for n in extractors}
     for n in extractors:
         study.per_seed[n] = {s: [] for s in sets}
         study.accuracy[n] = {s: [] for s in sets}
     for seed in fsec["seeds"]:
         idx = visualize.balanced_indices(train, fsec["per_class"], seed=seed)
         seeds, y = visualize.class_seed_set(train, fsec["per_class"], seed=seed, normals=normals)
+        runs = trajectories(nets, seeds, y, g, grid, device=device, fake_relu=fake_relu)
         images = {"real": (train.batch(idx)[0], train.labels[idx]), "seeds": (seeds, y)}
-        images.update({k: (v, y) for k, v in generate(nets, seeds, y, g, device=device, fake_relu=fake_relu).items()})
+        images.update({k: (r[g["steps"]], y) for k, r in runs.items()})
         for n, ext in extractors.items():
             for s, (x, yy) in images.items():
                 acts = fid.activations(x, ext, batch_size, device=device, progress=False)
+                pooled[n][s].append(acts)
                 study.per_seed[n][s].append(fid.frechet_of(acts, ref[n]))
                 study.accuracy[n][s].append(fid.accuracy(ext, x, yy, device=device))
                 values, reason = fid.per_class_fd(acts, yy.numpy(), ref[n], ref_y, classes)
                 per_cls[n][s].append(values)
                 study.per_class_reason[n] = reason
+            for k, r in runs.items():
+                for t, x in r.items():
+                    acts = fid.activations(x, ext, batch_size, device=device, progress=False)
+                    pooled[n][(k, t)].append(acts)
+                    points[n][k][t].append({"fd": fid.frechet_of(acts, ref[n]), **saturation(x),
+                                            "acc": fid.accuracy(ext, x, y, device=device)})
         study.n_per_set = len(y)
     study.per_class = {n: {s: np.mean(v, axis=0) for s, v in d.items()} for n, d in per_cls.items()}
+    kid = {n: {s: fid.kid(np.concatenate(v), ref[n], **kid_opts) for s, v in d.items()} for n, d in pooled.items()}
+    study.kid = {n: {s: kid[n][s] for s in sets} for n in extractors}
+    study.budget = {n: {k: {t: {**_mean_rows(points[n][k][t]), **kid[n][(k, t)]} for t in grid} for k in nets}
+                    for n in extractors}
     return study
+
+
+def trajectories(nets: dict, seeds: torch.Tensor, y: torch.Tensor, g: dict, grid: list, *, device="cpu",
+                 fake_relu: bool = True) -> dict:
+    """key -> {steps: images (N,C,H,W) in [0,1] on the CPU}: one generation run per model, snapshotted at grid."""
+    return {key: {t: v.cpu() for t, v in visualize.generate_class_images(
+        net, seeds.to(device), y.to(device), eps=g["eps"], step_size=g["step_size"], steps=g["steps"],
+        batch_size=g.get("batch_size"), fake_relu=fake_relu, progress=False, at=grid).items()}
+        for key, net in nets.items()}
+
+
+def _mean_rows(rows: list) -> dict:
+    """Mean over seeds of each field (None stays None: Inception has no accuracy)."""
+    return {f: (None if any(r[f] is None for r in rows) else float(np.mean([r[f] for r in rows]))) for f in rows[0]}
+
+
+def flip_steps(budget: dict, first: str, last: str) -> list[int]:
+    """Step counts at which the order of FD(first) and FD(last) differs from the previous step's order
+    (ties, e.g. at 0 steps where both are the seeds, carry no order). budget: model -> step -> {"fd"}."""
+    flips, prev = [], 0
+    for t in sorted(budget[first], key=int):
+        sign = int(np.sign(budget[first][t]["fd"] - budget[last][t]["fd"]))
+        if sign and prev and sign != prev:
+            flips.append(int(t))
+        prev = sign or prev
+    return flips
 
 
 def fd_table(study: FDStudy, paper: dict | None = None) -> pd.DataFrame:
@@ -160,8 +219,11 @@ def per_class_table(study: FDStudy, classes: list) -> pd.DataFrame:
 
 
 def summary_metrics(study: FDStudy, classes: list, primary: str | None = None) -> dict:
-    """Notebook 06's metric keys. fd_spaces[space]: label, extractor, fd / fd_std / fd_per_seed / accuracy per
-    set, per_class (or per_class_reason). fd, fd_std, fd_name, extractor: the primary (first) space's values."""
+    """Notebook 06's metric keys. fd_spaces[space]: label, extractor, fd / fd_std / fd_per_seed / accuracy / kid
+    per set, per_class (or per_class_reason), at the profile's budget. fd, fd_std, fd_name, extractor: the primary
+    (first) space's values. fd_budget[space][model][steps]: fd, kid, kid_lo, kid_hi, sat_low, sat_high, norm, acc;
+    fd_flip_steps[space]: steps where the order of the first and last model changes. per_unit["fd.<space>"]:
+    {"<model>@0": [FD per generation seed]} at the profile's budget, and units (the seed-0 models)."""
     primary = primary or next(iter(study.per_seed))
     spaces = {}
     for n, d in study.per_seed.items():
@@ -169,10 +231,31 @@ def summary_metrics(study: FDStudy, classes: list, primary: str | None = None) -
         reason = study.per_class_reason.get(n)
         spaces[n] = {**study.spaces[n], "fd": {s: float(np.mean(v)) for s, v in d.items()},
                      "fd_std": {s: float(np.std(v)) for s, v in d.items()}, "fd_per_seed": d, "accuracy": acc,
+                     "kid": study.kid.get(n),
                      "per_class": None if reason else {s: dict(zip(classes, v.tolist()))
                                                        for s, v in study.per_class[n].items()},
                      "per_class_reason": reason}
-    p = spaces[primary]
+    p, models = spaces[primary], study.sets[2:]
+    budget = {n: {k: {str(t): v for t, v in d.items()} for k, d in b.items()} for n, b in study.budget.items()}
+    flips = {n: flip_steps(b, models[0], models[-1]) for n, b in budget.items()} if len(models) > 1 else {}
     return {"fd_spaces": spaces, "fd_primary": primary, "fd_name": p["label"], "extractor": p["extractor"],
-            "fd": p["fd"], "fd_std": p["fd_std"], "sets": study.sets, "models": study.sets[2:],
-            "n_per_set": study.n_per_set}
+            "fd": p["fd"], "fd_std": p["fd_std"], "sets": study.sets, "models": models,
+            "n_per_set": study.n_per_set, "budget_steps": study.grid, "fd_budget": budget, "fd_flip_steps": flips,
+            "per_unit": {f"fd.{n}": {f"{k}@0": study.per_seed[n][k] for k in models} for n in study.per_seed},
+            "units": {f"{k}@0": {"model": k, "seed": 0} for k in models}}
+
+
+def budget_curves(study: FDStudy) -> dict:
+    """`plotting.fd_vs_steps` data: per space and model FD and KID (with its interval) against steps, and the
+    real-image floor of each space."""
+    b = study.budget
+    field = {f: {n: {k: [d[t][f] for t in study.grid] for k, d in b[n].items()} for n in b}
+             for f in ("fd", "kid", "kid_lo", "kid_hi", "sat_high")}
+    return dict(steps=study.grid, labels={n: f"{n}: {study.spaces[n]['label']}" for n in b},
+                floor={n: float(np.mean(study.per_seed[n]["real"])) for n in b}, **field)
+
+
+def budget_table(study: FDStudy) -> pd.DataFrame:
+    """Rows (space, model, steps): FD, KID with its interval, saturation, mean norm, the extractor's accuracy."""
+    rows = {(n, k, t): v for n, b in study.budget.items() for k, d in b.items() for t, v in d.items()}
+    return pd.DataFrame(rows).T.rename_axis(["space", "model", "steps"])

@@ -126,11 +126,29 @@ def feature_vis(nets: dict, train, test, fv: dict, *, seed: int = 0, device="cpu
     return {"grid": grid, "metrics": metrics}
 
 
-def summary_metrics(res: Inversions, dist: dict, extractor_label: str, paper: dict | None) -> dict:
+def per_target(res: Inversions, pair: np.ndarray) -> list[float]:
+    """(M,) per-pair distances -> the mean over each target's `group` pairs, (M/group,) as a list."""
+    return np.asarray(pair).reshape(-1, res.group).mean(1).tolist()
+
+
+def summary_metrics(res: Inversions, dist: dict, extractor_label: str, paper: dict | None,
+                    spaces: dict | None = None) -> dict:
     """Notebook 04's metric keys: feature_distance (ours, per model), feature_distance_boychev (his statistic,
-    None unless the protocol is `triple`), their std, relative_distance, extractor and paper values."""
+    None unless the protocol is `triple`), their std, relative_distance, extractor and paper values.
+    spaces: {name: (label, `feature_distances` in that space)} for every feature space: feature_distance_spaces
+    and per_unit["feature_distance.<name>"]; per_unit["feature_distance"] (the primary space, `dist`) holds, per
+    compared model's seed-0 unit, the mean per-pair distance of each target (targets aligned across units)."""
     boy = dist["boychev"]
-    return {
+    models = list(res.inverted)
+    per_unit = {"feature_distance": {f"{k}@0": per_target(res, dist["pair"][k]) for k in models}}
+    by_space = {}
+    for name, (label, d) in (spaces or {}).items():
+        per_unit[f"feature_distance.{name}"] = {f"{k}@0": per_target(res, d["pair"][k]) for k in models}
+        by_space[name] = {"label": label, "feature_distance": {k: float(v.mean()) for k, v in d["pair"].items()},
+                          "feature_distance_boychev": None if d["boychev"] is None else
+                          {k: float(v.mean()) for k, v in d["boychev"].items()}}
+    return {"per_unit": per_unit, "units": {f"{k}@0": {"model": k, "seed": 0} for k in models},
+            "feature_distance_spaces": by_space,
         "feature_distance": {k: float(v.mean()) for k, v in dist["pair"].items()},
         "feature_distance_std": {k: float(v.std()) for k, v in dist["pair"].items()},
         "feature_distance_boychev": None if boy is None else {k: float(v.mean()) for k, v in boy.items()},
@@ -139,7 +157,7 @@ def summary_metrics(res: Inversions, dist: dict, extractor_label: str, paper: di
         "relative_distance": {k: {s: float(v.mean()) for s, v in r.items()} for k, r in res.rel.items()},
         "n_pairs": len(res.x_targ), "n_targets": len(res.x_targ) // res.group,
         "paper": {"inversion_distance": paper} if paper else None,
-        "models": [k for k in res.inverted],
+        "models": models,
     }
 
 

@@ -12,6 +12,7 @@ import seaborn as sns
 import torch
 from matplotlib.colors import Normalize
 
+from lib.plotting_curves import alpha_vs_rho, fd_vs_steps  # noqa: F401  (drawn through publish)
 from lib.results import record_figure, to_jsonable
 
 sns.set_theme(context="paper", style="whitegrid")

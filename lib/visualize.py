@@ -324,20 +324,33 @@ def balanced_indices(dataset, per_class: int, *, seed: int = 0) -> torch.Tensor:
 
 @exact_fp32
 def generate_class_images(model, seeds: torch.Tensor, target, *, eps: float, step_size: float, steps: int,
-                          batch_size: int | None = None, fake_relu: bool = False,
-                          progress: bool = True) -> torch.Tensor:
+                          batch_size: int | None = None, fake_relu: bool = False, progress: bool = True,
+                          at=None):
     """Maximise the class logit Ψ^target(seed + δ) by L2 PGD (fake_relu: gradient through R's final ReLU).
 
-    seeds: (N,C,H,W) in [0,1]; target: an int or an (N,) tensor of classes. Returns (N,C,H,W) in [0,1].
+    seeds: (N,C,H,W) in [0,1]; target: an int or an (N,) tensor of classes. Returns (N,C,H,W) in [0,1]; with
+    `at` (step counts ≤ steps) {t: (N,C,H,W) after t steps} from the same single run (pgd's snapshot).
     """
     check_images(seeds, "seeds")
     y = torch.as_tensor(target, dtype=torch.long, device=seeds.device).expand(len(seeds)).contiguous()
+    grid = sorted({int(t) for t in at}) if at is not None else [steps]
+    if grid[0] < 0 or grid[-1] > steps:
+        raise ValueError(f"generation snapshots must lie in 0..{steps} steps, got {list(at)}")
 
     def run(idx):
-        return pgd(model, seeds[idx], y[idx], eps=eps, step_size=step_size, steps=steps, random_start=False,
-                   loss_fn=lambda m, x, t: m.head(m.features(x, fake_relu)).gather(1, t[:, None]).squeeze(1))
+        snaps = {}
 
-    return _chunked(run, len(seeds), batch_size, progress, "generation")
+        def keep(t, xa):
+            if t in grid:
+                snaps[t] = xa
+
+        last = pgd(model, seeds[idx], y[idx], eps=eps, step_size=step_size, steps=steps, random_start=False,
+                   loss_fn=lambda m, x, t: m.head(m.features(x, fake_relu)).gather(1, t[:, None]).squeeze(1),
+                   snapshot=keep if at is not None else None)
+        return torch.stack([snaps[t] for t in grid], 1) if at is not None else last[:, None]
+
+    out = _chunked(run, len(seeds), batch_size, progress, "generation")
+    return dict(zip(grid, out.unbind(1))) if at is not None else out[:, 0]
 
 
 def class_logits(model, x: torch.Tensor, target, *, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

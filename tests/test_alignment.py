@@ -8,7 +8,7 @@ from test_boundary import ETMANN, Affine, affine, exact_affine_distance, interio
 from torch import nn
 
 from lib import alignment as al
-from lib import boundary
+from lib import alignment_stats, boundary
 from lib.models import build
 
 
@@ -208,3 +208,67 @@ def test_attributions_boundary_alignment_is_the_same_measure():
     assert out["cos_saliency"][0].isnan() and out["cos_grad_boundary_grad"] is out["cos_saliency"]
     assert torch.allclose(out["cos_saliency"][1:][found.success[1:]], torch.ones(int(found.success[1:].sum())),
                           atol=1e-4)
+
+
+def test_wang_regression_recovers_a_planted_effect():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    levels, slope, n = {"standard": 0.2, "mid": 0.35, "robust": 0.5}, -0.3, 300
+    cos, dist, recipe = {}, {}, {}
+    for i, (m, a) in enumerate(levels.items()):
+        for s in range(2):
+            u = f"{m}@{s}"
+            logd = rng.normal(i * 0.8, 0.5, n)  # robust boundaries farther: raw cosines confounded with distance
+            cos[u], dist[u], recipe[u] = a + slope * (logd - 0.8) + rng.normal(0, 0.05, n), np.exp(logd), m
+    cos["mid@1"][:10] = np.nan  # missing values are left out
+    r = alignment_stats.wang_regression(cos, dist, recipe, n_boot=300)
+    assert r["slope_lo"] < slope < r["slope_hi"] and r["slope"] == pytest.approx(slope, abs=0.02)
+    assert r["reference"] == "standard" and r["per_model"]["standard"]["effect"] == 0
+    for m, a in levels.items():
+        pm = r["per_model"][m]
+        if m != "standard":
+            assert pm["lo"] < a - 0.2 < pm["hi"] and pm["lo"] > 0  # the shift at matched distance, found
+        level = a + slope * (r["ref_log_distance"] - 0.8)
+        assert pm["level_lo"] < level < pm["level_hi"]
+        adj = np.concatenate([r["adjusted"][f"{m}@{s}"] for s in range(2)])
+        assert np.nanmean(adj) == pytest.approx(pm["level"], abs=1e-9)  # model means of adjusted = model terms
+    # raw means run the other way (distance confounds them); the regression undoes it
+    raw = {m: np.nanmean(np.concatenate([cos[f"{m}@{s}"] for s in range(2)])) for m in levels}
+    assert raw["robust"] < raw["standard"]
+
+
+def test_etmann_shape_reads_superlinear_and_saturating():
+    rho = {"a@0": 0.5, "a@1": 0.6, "b@0": 1.0, "b@1": 1.1, "c@0": 2.0, "c@1": 2.2}
+    recipe = {u: u[0] for u in rho}
+    strength = {"a": 0.0, "b": 0.5, "c": 1.5}
+    sup = alignment_stats.etmann_shape({u: r ** 2 for u, r in rho.items()}, rho, strength, recipe)
+    assert sup["shape"] == "superlinear" and sup["loglog_slope"] == pytest.approx(2.0)
+    sat = alignment_stats.etmann_shape({u: r ** 0.5 for u, r in rho.items()}, rho, strength, recipe)
+    assert sat["shape"] == "saturating" and sat["loglog_slope"] == pytest.approx(0.5)
+    assert sat["ratio"]["a"] == pytest.approx((0.5 ** -0.5 + 0.6 ** -0.5) / 2)
+
+
+def test_unit_metrics_over_seeds_and_sweeps():
+    gen = torch.Generator().manual_seed(0)
+    sweeps = {"pgd": {"standard": 0.0, "robust": 1.5}, "gradnorm": {"standard": 0.0, "gn": 1.0}}
+    per_sample = {}
+    for m, level in (("standard", 0.1), ("robust", 0.4), ("gn", 0.2)):
+        for s in range(2):
+            rho = torch.rand(40, generator=gen) + 0.5 + level
+            per_sample[f"{m}@{s}"] = {"alpha": 2 * rho, "rho_emp": rho, "homogeneity": torch.full((40,), level),
+                                      "cos_saliency": level + 0.1 * torch.log(rho), "cos_margin": torch.log(rho)}
+    per_sample["robust@1"]["rho_emp"][3] = math.nan  # a failed boundary search: None in per_unit
+    m = alignment_stats.unit_metrics(per_sample, sweeps, n_boot=200)
+    assert set(m["units"]) == set(per_sample) and m["units"]["gn@1"] == {"model": "gn", "seed": 1}
+    assert m["per_unit"]["rho"]["robust@1"][3] is None and len(m["per_unit"]["alpha"]["gn@0"]) == 40
+    assert set(m["per_unit"]["saliency_matched"]) == {"standard@0", "standard@1", "robust@0", "robust@1"}  # pgd
+    reg = m["wang_regression"]["saliency"]
+    assert reg["slope"] == pytest.approx(0.1, abs=1e-6)  # noise-free: the planted slope and shift exactly
+    assert reg["per_model"]["robust"]["effect"] == pytest.approx(0.3, abs=1e-6)
+    assert m["etmann_shape"]["pgd"]["loglog_slope"] == pytest.approx(1.0) and \
+        m["etmann_shape"]["pgd"]["ratio"]["robust"] == pytest.approx(2.0)
+    t = m["homogeneity_trend"]["pgd"]
+    assert t["slope"] == pytest.approx(0.2) and t["lo"] == pytest.approx(0.2) and t["tau"] == pytest.approx(1.0)
+    pooled = alignment_stats.pooled(per_sample)
+    assert list(pooled) == ["standard", "robust", "gn"] and len(pooled["robust"]["alpha"]) == 80

@@ -146,3 +146,17 @@ def test_torchattacks_is_installed_without_its_requests_pin():
     assert "--no-deps" in (ROOT / "Makefile").read_text()
     requests = importlib.metadata.version("requests")
     assert int(requests.split(".")[1]) >= 31  # jupyterlab-server's floor: the pin was not applied
+
+
+def test_snapshot_gives_the_iterates_of_shorter_runs(digits_models, digits_batch):
+    model, (x, y) = digits_models["standard"], digits_batch
+    seen = {}
+    last = attacks.pgd(model, x, y, eps=1.0, step_size=0.3, steps=6, random_start=False,
+                       snapshot=lambda t, xa: seen.__setitem__(t, xa))
+    assert sorted(seen) == list(range(7)) and torch.equal(seen[0], x) and torch.equal(seen[6], last)
+    for t in (1, 3):  # the iterate after t steps is what a t-step run returns
+        torch.testing.assert_close(seen[t], attacks.pgd(model, x, y, eps=1.0, step_size=0.3, steps=t,
+                                                        random_start=False), atol=1e-6, rtol=0)
+    zero = {}
+    attacks.pgd(model, x, y, eps=0.0, step_size=0.3, steps=2, snapshot=lambda t, xa: zero.__setitem__(t, xa))
+    assert sorted(zero) == [0, 1, 2] and all(torch.equal(v, x) for v in zero.values())

@@ -248,13 +248,13 @@ def test_fd_study_measures_every_set_in_every_space():
         nets = {k: models.build("small_cnn", 10, 1, 8, width=4).eval() for k in ("standard", "robust")}
         spaces = {"a": _domain_net(), "b": models.build("small_cnn", 10, 1, 8, width=2).eval()}
     g = {"grain": 4, "shrinkage": 0.01, "seeds_from": "test", "eps": 1.0, "step_size": 0.2, "steps": 2}
-    fsec = {"seeds": [0], "per_class": 3}
+    fsec = {"seeds": [0], "per_class": 3, "budget_steps": [0, 1, 5], "kid": {"subsets": 10, "subset_size": 20}}
     study = generation.fd_study(nets, spaces, train, test, fsec, g, batch_size=200)
     assert study.sets == ["real", "seeds", "standard", "robust"] and study.n_per_set == 30
     seeds, y = generation.class_seeds(train, test, g, 3, seed=0)  # the same draws, fitted on test
     for name, ext in spaces.items():
-        ref = fid.activations(test, ext, progress=False)
-        expect = fid.frechet_of(fid.activations(seeds, ext, progress=False), ref)
+        ref = fid.activations(test, ext, 200, progress=False)  # the study's batches: same float rounding
+        expect = fid.frechet_of(fid.activations(seeds, ext, 200, progress=False), ref)
         assert study.per_seed[name]["seeds"][0] == pytest.approx(expect, rel=1e-9)
         assert study.accuracy[name]["seeds"][0] == pytest.approx(fid.accuracy(ext, seeds, y))
         assert "not computed" in study.per_class_reason[name]  # 3 per class < d
@@ -262,7 +262,73 @@ def test_fd_study_measures_every_set_in_every_space():
     assert not torch.equal(train_seeds, seeds)
     with pytest.raises(ValueError, match="seeds_from"):
         generation.class_seeds(train, test, {**g, "seeds_from": "val"}, 3)
+    assert study.grid == [0, 1, 2]  # budget_steps capped at generation.steps, which is always in the grid
+    for name in spaces:  # one trajectory: 0 steps are the seeds, generation.steps the sets measured above
+        for k in nets:
+            assert study.budget[name][k][0]["fd"] == pytest.approx(study.per_seed[name]["seeds"][0], rel=1e-9)
+            assert study.budget[name][k][2]["fd"] == pytest.approx(study.per_seed[name][k][0], rel=1e-9)
+            assert study.budget[name][k][2]["acc"] == pytest.approx(study.accuracy[name][k][0])
+            assert study.budget[name][k][0]["kid"] == pytest.approx(study.kid[name]["seeds"]["kid"], rel=1e-9)
     m = generation.summary_metrics(study, test.classes)
     assert m["fd_primary"] == "a" and m["fd"] == m["fd_spaces"]["a"]["fd"] and m["models"] == ["standard", "robust"]
+    assert set(m["fd_budget"]["b"]["robust"]["1"]) >= {"fd", "kid", "kid_lo", "kid_hi", "sat_low", "sat_high",
+                                                       "norm", "acc"}
+    assert m["per_unit"]["fd.a"]["robust@0"] == study.per_seed["a"]["robust"] and m["units"]["standard@0"] == {
+        "model": "standard", "seed": 0}
     table = generation.fd_table(study, {"real": 5.0})
     assert list(table.index) == study.sets and "b: accuracy (%)" in table and table.loc["real", "paper (FID)"] == 5.0
+
+
+def _kid_sets(rng, n, d, shift=0.0):
+    return np.tanh(rng.standard_normal((n, d)) + shift), np.tanh(rng.standard_normal((n, d)))
+
+
+def test_kid_unbiased_mmd_matches_brute_force_and_detects_a_shift():
+    rng = np.random.default_rng(0)
+    a, b = _kid_sets(rng, 7, 3, shift=0.5)
+    k = lambda u, v: (u @ v / 3 + 1) ** 3
+    same = sum(k(a[i], a[j]) + k(b[i], b[j]) for i in range(7) for j in range(7) if i != j) / 42
+    cross = sum(k(a[i], b[j]) for i in range(7) for j in range(7)) / 49
+    assert fid.kid(a, b, subsets=3, subset_size=7)["kid"] == pytest.approx(same - 2 * cross, rel=1e-10)
+    far = fid.kid(*_kid_sets(rng, 300, 8, shift=1.0), subsets=50, subset_size=100)
+    assert far["kid_lo"] > 0 and far["kid_lo"] <= far["kid"] <= far["kid_hi"]
+    with pytest.raises(ValueError, match="equal D"):
+        fid.kid(a, b[:, :2])
+
+
+def test_kid_of_two_draws_of_one_distribution_has_expectation_zero():
+    # unbiased at small n: over seeded pairs of independent draws the mean is within its standard error of 0,
+    # while the biased (V-statistic) estimate, which keeps the kernel's diagonal, is positive by construction
+    values = np.array([fid.kid(*_kid_sets(np.random.default_rng(s), 20, 4), subsets=1, subset_size=20)["kid"]
+                       for s in range(400)])
+    sem = values.std(ddof=1) / np.sqrt(len(values))
+    assert abs(values.mean()) < 3 * sem and values.min() < 0 < values.max()
+    a, b = _kid_sets(np.random.default_rng(1), 20, 4)
+    biased_extra = (np.trace((a @ a.T / 4 + 1) ** 3) + np.trace((b @ b.T / 4 + 1) ** 3)) / 400
+    assert biased_extra > 10 * sem
+
+
+def test_kid_agrees_with_torch_fidelity():
+    tf = pytest.importorskip("torch_fidelity.metric_kid")
+    rng = np.random.default_rng(3)
+    a, b = _kid_sets(rng, 150, 8, shift=0.3)
+    ours = fid.kid(a, b[:120], subsets=20, subset_size=50, seed=5)
+    ref = tf.kid_features_to_metric(torch.from_numpy(a), torch.from_numpy(b[:120]), kid_subsets=20,
+                                    kid_subset_size=50, rng_seed=5, verbose=False)
+    assert ours["kid"] == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-9)
+    assert ours["kid_std"] == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-9)
+
+
+def test_budget_grid_saturation_and_flip_steps():
+    from lib import generation
+
+    assert generation.budget_grid({"budget_steps": [0, 5, 10, 20, 40]}, {"steps": 30}) == [0, 5, 10, 20, 30]
+    assert generation.budget_grid({}, {"steps": 60}) == [0, 5, 10, 20, 40, 60]
+    x = torch.zeros(2, 1, 2, 2)
+    x[0, 0, 0] = 1.0  # two of eight pixels at 1, six at 0: norms √2 and 0
+    assert generation.saturation(x) == pytest.approx({"sat_low": 0.75, "sat_high": 0.25, "norm": 2 ** 0.5 / 2})
+    fd = lambda vals: {str(t): {"fd": v} for t, v in zip((0, 5, 10, 20), vals)}
+    budget = {"standard": fd([3, 5, 4, 9]), "robust": fd([3, 4, 6, 8])}  # tie at 0, robust lower, higher, lower
+    assert generation.flip_steps(budget, "standard", "robust") == [10, 20]
+    assert generation.flip_steps({"standard": fd([3, 5, 5, 5]), "robust": fd([3, 4, 5, 1])},
+                                 "standard", "robust") == []

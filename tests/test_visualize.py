@@ -95,6 +95,14 @@ def test_generation_raises_target_logit(net, digits):
     per_example = V.generate_class_images(net, seeds, torch.full((8,), 3), eps=4.0, step_size=0.2, steps=30,
                                           progress=False)
     torch.testing.assert_close(per_example, gen)
+    traj = V.generate_class_images(net, seeds, 3, eps=4.0, step_size=0.2, steps=30, progress=False, at=[0, 10, 30],
+                                   batch_size=3)  # one run per chunk, snapshotted
+    assert list(traj) == [0, 10, 30] and torch.equal(traj[0], seeds)
+    torch.testing.assert_close(traj[30], gen, atol=1e-5, rtol=0)
+    torch.testing.assert_close(traj[10], V.generate_class_images(net, seeds, 3, eps=4.0, step_size=0.2, steps=10,
+                                                                 progress=False), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="0..30"):
+        V.generate_class_images(net, seeds, 3, eps=4.0, step_size=0.2, steps=30, progress=False, at=[40])
 
 
 def test_visualize_feature_raises_the_coordinate(net):
@@ -264,6 +272,11 @@ def test_inversion_study_reports_both_statistics(net, digits):
     m = inversion.summary_metrics(res, dist, "FD-x", {"standard": 30.1})
     assert m["feature_distance_boychev"]["standard"] == pytest.approx(table.loc["standard", inversion.BOYCHEV_COLUMN])
     assert m["n_targets"] == 2 and m["models"] == ["standard", "robust"]
+    assert m["per_unit"]["feature_distance"]["robust@0"] == pytest.approx(dist["pair"]["robust"].reshape(2, 3).mean(1))
+    both = inversion.summary_metrics(res, dist, "FD-x", None, {"a": ("FD-x", dist),
+                                                               "b": ("FD-y", inversion.feature_distances(res, net))})
+    assert set(both["feature_distance_spaces"]) == {"a", "b"} and \
+        both["per_unit"]["feature_distance.a"] == both["per_unit"]["feature_distance"]
     single = inversion.invert_all({"standard": net}, test, {**inv, "source": "image"})
     assert inversion.summary_metrics(single, inversion.feature_distances(single, other), "FD-x", None)[
         "feature_distance_boychev"] is None  # his statistic needs triples
