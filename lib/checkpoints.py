@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lib import models, profiles
-from lib.results import write_json
+from lib.results import temp_beside, write_json
 
 MODEL_FILE, META_FILE, STATE_FILE = "model.safetensors", "meta.json", "state.pt"
 SHA_KEY = "weights_sha256"
@@ -175,7 +174,7 @@ def load_state(path: str | Path) -> dict:
 def _atomic(path: Path, write) -> None:
     """Write via a temp file in the same folder, fsync, then rename over the target."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = temp_beside(path)
     os.close(fd)
     try:
         write(tmp)

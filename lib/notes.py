@@ -35,6 +35,9 @@ def test_sentence(c) -> str:
 
 def power_sentence(c, alpha: float = 0.05) -> str:
     """Whether the exact test could reach the corrected level at all with the seeds it had."""
+    if c.p is None and c.n.get("models") is not None and c.n["models"] < 3:
+        return (f" A trend test needs at least 3 models; this claim has {c.n['models']} (one seed of each compared "
+                "model): it can describe, not decide.")
     min_p, family = c.n.get("min_p"), c.n.get("family") or 1
     if min_p is None or min_p <= alpha / family:
         return ""

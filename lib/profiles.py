@@ -56,7 +56,7 @@ def load(name_or_path: str | Path, overrides: dict | str | None = None) -> dict:
 def seed_count(profile: dict, key: str) -> int:
     """Training seeds of model `key`: the profile's `seeds` (default 1); an external checkpoint has one."""
     entry = profile["models"].get(key) or {}
-    return 1 if "source" in entry else int(profile.get("seeds", 1))
+    return 1 if "source" in entry else int(entry.get("seeds", profile.get("seeds", 1)))
 
 
 def unit_id(key: str, seed: int = 0) -> str:
@@ -91,7 +91,7 @@ def model_config(profile: dict, key: str, seed: int = 0) -> dict:
         if profile.get("dataset_options"):  # zoo.load_external reads them (image size, split sizes)
             ext["dataset_options"] = dict(profile["dataset_options"])
         return ext
-    cfg = {**TRAIN_DEFAULTS, **profile.get("train", {}), **entry}
+    cfg = {**TRAIN_DEFAULTS, **profile.get("train", {}), **{k: v for k, v in entry.items() if k != "seeds"}}
     unknown = set(cfg) - set(TRAIN_DEFAULTS) - {"arch", "arch_kwargs"}
     if unknown:
         raise ValueError(f"model {key!r} of profile {profile['name']!r} has unknown settings: {sorted(unknown)}")

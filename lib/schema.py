@@ -78,7 +78,8 @@ class Train(Section):
     tf32: bool = OPT
     select: Literal["auto", "pgd", "clean", "mean"] = OPT
     joint: bool | Literal["auto", "true", "false"] = OPT
-    labels: Literal["shuffled"] | None = OPT
+    labels: Literal["original", "shuffled"] | None = OPT
+    seeds: PosInt = OPT  # in a `models:` entry: this recipe's training seeds, instead of the profile's `seeds`
     arch: Literal[ARCHS] = OPT  # type: ignore[valid-type]
     arch_kwargs: FreeForm = OPT
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import pickle
 import shutil
 import warnings
@@ -37,6 +38,18 @@ def test_roundtrip_rebuilds_from_meta(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".pth", ".pkl"])
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_weights_and_states_respect_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        _, folder = _saved(tmp_path)
+        checkpoints.save_state({"step": 1}, folder / checkpoints.STATE_FILE)
+    finally:
+        os.umask(old)
+    for name in (checkpoints.MODEL_FILE, checkpoints.META_FILE, checkpoints.STATE_FILE):
+        assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
 def test_malicious_pickle_is_refused_and_never_executed(tmp_path, suffix):
     marker = tmp_path / "pwned"
     bad = tmp_path / f"model{suffix}"
