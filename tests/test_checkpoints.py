@@ -37,7 +37,6 @@ def test_roundtrip_rebuilds_from_meta(tmp_path):
     assert torch.equal(checkpoints.load_model(folder / "model.safetensors")(x), m2(x))
 
 
-@pytest.mark.parametrize("suffix", [".pt", ".pth", ".pkl"])
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_saved_weights_and_states_respect_the_umask(tmp_path, umask):
     old = os.umask(umask)
@@ -50,6 +49,7 @@ def test_saved_weights_and_states_respect_the_umask(tmp_path, umask):
         assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".pkl"])
 def test_malicious_pickle_is_refused_and_never_executed(tmp_path, suffix):
     marker = tmp_path / "pwned"
     bad = tmp_path / f"model{suffix}"
