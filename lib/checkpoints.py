@@ -175,9 +175,11 @@ def _atomic(path: Path, write) -> None:
     """Write via a temp file in the same folder, fsync, then rename over the target."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_beside(path)
+    mode = os.fstat(fd).st_mode & 0o777  # the umask's mode; a writer that recreates the file (safetensors) loses it
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
