@@ -20,7 +20,7 @@ def _run(tmp_path, prof):
     assert set(summary) == {p.stem for p in (run_dir / "metrics").glob("*.json")}
     assert len(summary) == len(pipeline.notebooks())
     for key in ("standard", "robust"):
-        m = summary["01_training"]["models"][key]
+        m = summary["01_training"]["units"][f"{key}@0"]
         assert 0 <= m["pgd_acc"] <= m["clean_acc"] <= 100
     for nb_path in (run_dir / "notebooks").glob("*.ipynb"):
         nb = nbformat.read(nb_path, as_version=4)

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from conftest import ROOT
-from lib import pipeline
+from lib import pipeline, profiles
 
 pytestmark = pytest.mark.slow
 
@@ -22,16 +22,18 @@ def test_pipeline_runs_every_notebook_and_merges_metrics(smoke_run):
     metric_stems = {p.stem for p in (smoke_run / "metrics").glob("*.json")}
     assert len(metric_stems) == len(stems) and set(summary) >= metric_stems
     assert set(summary["_timings_s"]) == stems
-    for key in ("standard", "robust"):
-        m = summary["01_training"]["models"][key]
+    units = summary["01_training"]["units"]
+    assert set(units) == set(profiles.units(profiles.load("smoke")))  # every seed of every model
+    for m in units.values():
         assert 0 <= m["pgd_acc"] <= m["clean_acc"] <= 100
     for m in summary.values():
         assert json.dumps(m)  # plain JSON
 
 
 def test_smoke_robust_model_is_more_robust(smoke_run):
-    models = json.loads((smoke_run / "summary.json").read_text())["01_training"]["models"]
-    assert models["robust"]["pgd_acc"] > models["standard"]["pgd_acc"] + 5
+    units = json.loads((smoke_run / "summary.json").read_text())["01_training"]["units"]
+    mean = {k: sum(r["pgd_acc"] for r in units.values() if r["model"] == k) / 2 for k in ("standard", "robust")}
+    assert mean["robust"] > mean["standard"] + 5  # over the smoke profile's 2 training seeds
 
 
 def test_every_notebook_saved_figures_and_their_data(smoke_run):
