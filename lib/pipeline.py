@@ -32,7 +32,9 @@ from lib.results import environment, write_json
 NOTEBOOK_DIR = paths.NOTEBOOK_DIR
 FAILED = "failed.json"  # {stem: reason} of notebooks whose last run failed, until one succeeds
 PARAMETER_TAGS = {"parameters", "injected-parameters"}  # literals only: no progress line for them
-KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]  # no "[IPKernelApp] WARNING | Kernel is running over TCP ..."
+# Kernels log CRITICAL only: no "Kernel is running over TCP" warning, and no message-handler traceback when Ctrl-C
+# ends a run (errors of a cell are in the executed notebook).
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
 class NotebookFailed(RuntimeError):
