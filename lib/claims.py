@@ -97,8 +97,7 @@ def interval_text(row: dict, digits: int) -> str:
 
 def units_of(summary: dict, nb: str, quantity: str, keys) -> dict:
     """unit -> per-image values of `quantity` from notebook `nb`'s `per_unit`, for the units of `keys`."""
-    per = get(summary, f"{nb}.per_unit.{quantity}") if "." not in quantity else \
-        (get(summary, f"{nb}.per_unit") or {}).get(quantity)
+    per = (get(summary, f"{nb}.per_unit") or {}).get(quantity)  # not get(): quantity names may hold dots
     keys = set(keys)
     return {u: v for u, v in (per or {}).items() if stats.recipe_of(u) in keys and v is not None}
 
