@@ -87,9 +87,8 @@ class _Dataset:  # what AttackerModel reads of a robustness dataset
                                           ("resnet18", "imagenet_models.resnet18")])
 @pytest.mark.parametrize("cyclic", [False, True])
 def test_madrylab_train_model_checkpoint(tmp_path, arch, builder, cyclic):
+    cifar_models, imagenet_models, AttackerModel = _robustness()  # skips unless robustness and dill are installed
     import dill
-
-    cifar_models, imagenet_models, AttackerModel = _robustness()
     family, fn = builder.split(".")
     net = getattr({"cifar_models": cifar_models, "imagenet_models": imagenet_models}[family], fn)(num_classes=10)
     model = torch.nn.DataParallel(_seeded(AttackerModel(net, _Dataset())))  # what train_model saves
