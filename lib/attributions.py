@@ -37,6 +37,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from lib import workers as pool
 from lib.alignment import boundary_normal_cosine
 from lib.boundary import WANG, Boundary, boundary_search, check_target, logits
 from lib.device import exact_fp32
@@ -343,11 +344,18 @@ def explain(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, cfg: 
 
 def explain_models(models: dict, x: torch.Tensor, preds: dict, cfg: dict | None = None, *,
                    background: torch.Tensor | None = None,
-                   seed: int = 0, pair=("standard", "robust")) -> dict:
+                   seed: int = 0, pair=("standard", "robust"), workers="auto") -> dict:
     """{key: Explanations} for every model of `models` ({key: model}, e.g. a pgd sweep), each explaining its
     own predictions preds[key]: cfg["methods"] on the `pair` shown in the grids, cfg["sweep_methods"]
-    (default: all methods) on the other members, to keep a long sweep cheap."""
+    (default: all methods) on the other members, to keep a long sweep cheap; side by side in `workers`
+    processes on a multi-core CPU (lib.workers)."""
     cfg = with_defaults(cfg)
     sweep = cfg["sweep_methods"] or cfg["methods"]
-    return {key: explain(net, x, preds[key], cfg, background=background, seed=seed,
-                         methods=cfg["methods"] if key in pair else sweep) for key, net in models.items()}
+    keys = sorted(models, key=lambda k: k not in pair)  # the pair's long jobs first, so no worker waits at the end
+    jobs = [(models[k], x, preds[k], cfg, background, seed, cfg["methods"] if k in pair else sweep) for k in keys]
+    done = dict(zip(keys, pool.run(_explain_job, jobs, workers=pool.count(workers, x.device, len(keys)))))
+    return {k: done[k] for k in models}
+
+
+def _explain_job(net, x, pred, cfg, background, seed, methods) -> Explanations:
+    return explain(net, x, pred, cfg, background=background, seed=seed, methods=methods)

@@ -103,8 +103,9 @@ def units_of(summary: dict, nb: str, quantity: str, keys) -> dict:
 
 
 def over_sweep(id, source, claim, notebook, per_unit: dict, strength: dict, *, direction: int, what: str,
-               digits: int = 2, kind: str = "pgd", seed: int = 0) -> Claim:
-    """A claimed monotone trend of `what` with training strength over a sweep, from per-unit per-image values."""
+               digits: int = 2, kind: str = "pgd", seed: int = 0, per: str = "images") -> Claim:
+    """A claimed monotone trend of `what` with training strength over a sweep, from per-unit values per image
+    (or per `per`: FD has one value per draw of generated images)."""
     paper = f"{what} {'rises' if direction > 0 else 'falls'} with training strength"
     tol = f"permutation test of Kendall's τ over the {kind} sweep's models, one-sided, Holm at {ALPHA:g}"
     base = dict(id=id, source=source, claim=claim, paper=paper, tolerance=tol, notebook=notebook, trend=True)
@@ -123,7 +124,7 @@ def over_sweep(id, source, claim, notebook, per_unit: dict, strength: dict, *, d
     effect = {"tau": test["tau"], "slope": list(h.slope(strength)),
               "diff": list(h.contrast({hi_key: 1, lo_key: -1})), "diff_of": f"{hi_key} − {lo_key}"}
     ours = " · ".join(f"{k} {interval_text(v, digits)}" for k, v in table.items())
-    n = {"images": h.n, "seeds": max(h.seeds.values()), "models": test["units"],
+    n = {"images": h.n, "per": per, "seeds": max(h.seeds.values()), "models": test["units"],
          "min_p": stats.min_p(list(h.seeds.values()))}
     return Claim(**base, ours=ours, verdict="inconclusive", values=table, n=n, effect=effect,
                  p=_num(test["p"]), p_reverse=_num(test["p_reverse"]))
@@ -196,7 +197,8 @@ def fd(summary: dict, profile: dict) -> list[Claim]:
     nb, src, pgd = "06_fid", "Boychev Tab. 2/5", visualize_sweep(profile)
     spaces = get(summary, f"{nb}.fd_spaces") or {}
     parts = [over_sweep(f"fd.{name}", src, f"FD in {sp.get('label', name)}", nb,
-                        units_of(summary, nb, f"fd.{name}", pgd), pgd, direction=-1, what=str(sp.get("label", name)))
+                        units_of(summary, nb, f"fd.{name}", pgd), pgd, direction=-1, what=str(sp.get("label", name)),
+                        per="draws")
              for name, sp in spaces.items()]
     row = combine("fd", src, "robust generations are closer to the data, in every feature space", nb, parts,
                   "FD falls in each feature space")

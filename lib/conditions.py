@@ -47,6 +47,7 @@ def describe(summary: dict, profile: dict) -> dict[str, str]:
                       f"{ev.get('steps')} steps of {ev.get('step_size')} from a random start"
                       + (f"; APGD-CE + APGD-T ({apgd.get('steps')} steps, {apgd.get('targets')} targets, "
                          f"{apgd.get('restarts')} restart) on the first {apgd.get('images')} test images"
+                         + (f" of {', '.join(apgd['models'])}" if apgd.get("models") else "")
                          if apgd else ""),
         "seeds": f"{profile.get('seeds', 1)} training seed(s) per recipe (torch seeds {profile.get('seed', 0)}…"
                  f"{profile.get('seed', 0) + int(profile.get('seeds', 1)) - 1}); image draws seeded by the pipeline's "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lib import data, profiles, zoo
+from lib import data, profiles, workers, zoo
 from lib.device import resolve_device
 from lib.paths import DATA_DIR, run_dirs
 
@@ -25,6 +25,7 @@ class Context:
         self.data_root = Path(data_root) if data_root else DATA_DIR
         self.device = resolve_device(device)
         self.seed = seed
+        self.workers = self.profile.get("workers", "auto")  # lib.workers: per-model jobs side by side on a CPU
         for key in self.profile["models"]:  # a typo in an external entry fails here, before any work
             if zoo.is_external(self.profile, key):
                 zoo.check_entry(profiles.model_config(self.profile, key), f"model {key!r} of {self.name!r}")
@@ -49,6 +50,12 @@ class Context:
 
     def dataset(self, split: str):
         return data.load_for(self.profile, split, self.data_root)
+
+    def map_models(self, fn, nets: dict, *args, **kwargs) -> dict:
+        """{key: fn(net, *args, **kwargs)}, side by side in the profile's `workers` processes on a multi-core
+        CPU (lib.workers: one thread each; one process on a GPU)."""
+        return workers.map_models(fn, nets, *args, workers=self.workers, device=self.device,
+                                  **kwargs)
 
     def __repr__(self) -> str:
         extra = f", overrides={self.overrides}" if self.overrides else ""

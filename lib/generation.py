@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from lib import fid, visualize
+from lib import workers as pool
 from lib.checkpoints import check_finite
 
 SEED_SPLITS = ("train", "test")
@@ -110,7 +111,7 @@ def saturation(x: torch.Tensor) -> dict:
 
 
 def fd_study(nets: dict, extractors: dict, train, test, fsec: dict, g: dict, *,
-             device="cpu", fake_relu: bool = True, batch_size: int = 500) -> FDStudy:
+             device="cpu", fake_relu: bool = True, batch_size: int = 500, workers="auto") -> FDStudy:
     """For each seed in fsec["seeds"]: a class-balanced train draw (real), fsec["per_class"] seeds per class
     (normals fitted on g["seeds_from"]), and each model's generations from those seeds, ONE run per model
     snapshotted at every step of `budget_grid`; their FD to `test` in every feature space at each step,
@@ -131,7 +132,7 @@ def fd_study(nets: dict, extractors: dict, train, test, fsec: dict, g: dict, *,
     for seed in fsec["seeds"]:
         idx = visualize.balanced_indices(train, fsec["per_class"], seed=seed)
         seeds, y = visualize.class_seed_set(train, fsec["per_class"], seed=seed, normals=normals)
-        runs = trajectories(nets, seeds, y, g, grid, device=device, fake_relu=fake_relu)
+        runs = trajectories(nets, seeds, y, g, grid, device=device, fake_relu=fake_relu, workers=workers)
         images = {"real": (train.batch(idx)[0], train.labels[idx]), "seeds": (seeds, y)}
         images.update({k: (r[g["steps"]], y) for k, r in runs.items()})
         for n, ext in extractors.items():
@@ -159,12 +160,18 @@ def fd_study(nets: dict, extractors: dict, train, test, fsec: dict, g: dict, *,
 
 
 def trajectories(nets: dict, seeds: torch.Tensor, y: torch.Tensor, g: dict, grid: list, *, device="cpu",
-                 fake_relu: bool = True) -> dict:
-    """key -> {steps: images (N,C,H,W) in [0,1] on the CPU}: one generation run per model, snapshotted at grid."""
-    return {key: {t: v.cpu() for t, v in visualize.generate_class_images(
-        net, seeds.to(device), y.to(device), eps=g["eps"], step_size=g["step_size"], steps=g["steps"],
-        batch_size=g.get("batch_size"), fake_relu=fake_relu, progress=False, at=grid).items()}
-        for key, net in nets.items()}
+                 fake_relu: bool = True, workers="auto") -> dict:
+    """key -> {steps: images (N,C,H,W) in [0,1] on the CPU}: one generation run per model, snapshotted at grid,
+    side by side in `workers` processes on a multi-core CPU (lib.workers)."""
+    return pool.map_models(trajectory, nets, seeds.to(device), y.to(device), g, grid, fake_relu, workers=workers,
+                           device=device, progress=False)
+
+
+def trajectory(net, seeds: torch.Tensor, y: torch.Tensor, g: dict, grid: list, fake_relu: bool = True) -> dict:
+    """One model's generation run from `seeds` towards classes y: {steps: images on the CPU} at every grid step."""
+    return {t: v.cpu() for t, v in visualize.generate_class_images(
+        net, seeds, y, eps=g["eps"], step_size=g["step_size"], steps=g["steps"], batch_size=g.get("batch_size"),
+        fake_relu=fake_relu, progress=False, at=grid).items()}
 
 
 def _mean_rows(rows: list) -> dict:

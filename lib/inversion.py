@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from lib import fid, visualize
+from lib import workers as pool
 
 BOYCHEV_COLUMN = "Boychev statistic (one norm over 3 pairs)"
 OURS_COLUMN = "ours: mean per-pair distance"
@@ -29,21 +30,27 @@ class Inversions:
     group: int
 
 
-def invert_all(nets: dict, test, inv: dict, *, seed: int = 0, device="cpu", fake_relu: bool = True) -> Inversions:
-    """Invert the same (source, target) pairs (`visualize.inversion_pairs` with inv["source"]) with every model."""
+def invert_all(nets: dict, test, inv: dict, *, seed: int = 0, device="cpu", fake_relu: bool = True,
+               workers="auto") -> Inversions:
+    """Invert the same (source, target) pairs (`visualize.inversion_pairs` with inv["source"]) with every model,
+    side by side in `workers` processes on a multi-core CPU (lib.workers)."""
     x_src, x_targ = visualize.inversion_pairs(test, inv["n"], source=inv["source"], seed=seed)
     x_src, x_targ = x_src.to(device), x_targ.to(device)
-    inverted, rel = {}, {}
-    for key, net in nets.items():
-        inverted[key] = visualize.invert_representation(
-            net, x_src, x_targ, eps=inv["eps"], step_size=inv["step_size"], steps=inv["steps"],
-            batch_size=inv.get("batch_size"), fake_relu=fake_relu)
-        with torch.no_grad():
-            r_targ = net.features(x_targ)
-            rel[key] = {"source": visualize.relative_distance(net, x_src, r_targ).cpu(),
-                        "inverted": visualize.relative_distance(net, inverted[key], r_targ).cpu()}
-    return Inversions(x_src.cpu(), x_targ.cpu(), {k: v.cpu() for k, v in inverted.items()}, rel,
-                      3 if inv["source"] == "triple" else 1)
+    done = pool.map_models(invert_one, nets, x_src, x_targ, inv, fake_relu, workers=workers, device=device)
+    return Inversions(x_src.cpu(), x_targ.cpu(), {k: v[0] for k, v in done.items()},
+                      {k: v[1] for k, v in done.items()}, 3 if inv["source"] == "triple" else 1)
+
+
+def invert_one(net, x_src, x_targ, inv: dict, fake_relu: bool = True) -> tuple[torch.Tensor, dict]:
+    """One model's inversions of the pairs (CPU) and the relative distances to the targets before and after."""
+    inverted = visualize.invert_representation(net, x_src, x_targ, eps=inv["eps"], step_size=inv["step_size"],
+                                               steps=inv["steps"], batch_size=inv.get("batch_size"),
+                                               fake_relu=fake_relu)
+    with torch.no_grad():
+        r_targ = net.features(x_targ)
+        rel = {"source": visualize.relative_distance(net, x_src, r_targ).cpu(),
+               "inverted": visualize.relative_distance(net, inverted, r_targ).cpu()}
+    return inverted.cpu(), rel
 
 
 def relative_table(res: Inversions) -> pd.DataFrame:

@@ -23,12 +23,16 @@ def _get(d: dict, path: str):
     return d
 
 
+_PER = {"images": "images", "draws": "draws of generated images"}
+
+
 def test_sentence(c) -> str:
     """τ, the raw and Holm p-values and the paired difference, as one sentence."""
     e, n = c.effect, c.n
     diff = e.get("diff") or [None, None, None]
+    per = _PER.get(n.get("per", "images"), "images")
     return (f"τ = {_f(e.get('tau'))} over {n.get('models')} models ({n.get('seeds')} seed(s) per recipe, "
-            f"{n.get('images')} images each); one-sided p = {_f(c.p)} (Holm {_f(c.p_holm)}), reverse p = "
+            f"{n.get('images')} {per} each); one-sided p = {_f(c.p)} (Holm {_f(c.p_holm)}), reverse p = "
             f"{_f(c.p_reverse)} (Holm {_f(c.p_reverse_holm)}); {e.get('diff_of', 'difference')} = {_f(diff[0], 3)} "
             f"[{_f(diff[1], 3)}, {_f(diff[2], 3)}].")
 

@@ -148,3 +148,10 @@ def set_rng(rng: dict) -> None:
                          *rng["numpy_gauss"]))
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def cost(cfg: dict) -> float:
+    """Relative training cost of a recipe, for ordering jobs (not a time): epochs × images × gradient passes per
+    step (PGD: one per attack step plus the update; gradient-norm: a double backward, about 3)."""
+    passes = {"pgd": 1 + cfg.get("steps", 0), "gradnorm": 3}.get(cfg["mode"], 1)
+    return cfg["epochs"] * (cfg.get("train_subset") or 60000) * passes

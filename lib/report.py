@@ -107,7 +107,8 @@ def _effect(r) -> str:
 
 def _n(r) -> str:
     n = r.n
-    return f"{n.get('images')} img · {n.get('seeds')} seeds · {n.get('models')} models" if n else ""
+    per = {"images": "img", "draws": "draws"}.get(n.get("per", "images"), n.get("per")) if n else ""
+    return f"{n.get('images')} {per} · {n.get('seeds')} seeds · {n.get('models')} models" if n else ""
 
 
 HEAD = ("claim", "source", "n", "ours: recipe mean [95 % CI]", "effect", "p (Holm)", "verdict", "note")

@@ -2,9 +2,9 @@
 
 Trained models carry clean/PGD test accuracy in their meta (computed at the end of training);
 external checkpoints (lib/zoo.py) are evaluated here with the same `train.evaluate`. The stronger
-APGD-CE + APGD-T number (lib.attacks.apgd) is computed for every model on the first
-`eval.apgd.images` test images, with PGD on the same images beside it, and cached in
-runs/<profile>/robustness/<key>-<config hash>-<setting hash>.json.
+APGD-CE + APGD-T number (lib.attacks.apgd) is computed for every model (or the recipes that
+`eval.apgd.models` names) on the first `eval.apgd.images` test images, with PGD on the same images
+beside it, and cached in runs/<profile>/robustness/<key>-<config hash>-<setting hash>.json.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lib import attacks, data, models, profiles, stats, train
+from lib import attacks, data, models, profiles, stats, train, workers
 from lib.results import write_json
 
 
@@ -24,6 +24,10 @@ def apgd_settings(profile: dict) -> dict | None:
     ev = profile["eval"]
     if not ev.get("apgd"):
         return None
+    unknown = sorted(set(ev["apgd"].get("models") or []) - set(profile["models"]))
+    if unknown:
+        raise ValueError(f"eval.apgd.models names {', '.join(unknown)}, which profile {profile['name']!r} does not "
+                         f"define; use some of: {', '.join(profile['models'])}.")
     return {"norm": ev["norm"], "eps": ev["eps"], "step_size": ev["step_size"], "pgd_steps": ev["steps"],
             "seed": profile.get("seed", 0), "images": None, "steps": 50, "targets": 9, "restarts": 1,
             "batch_size": 500, **ev["apgd"]}
@@ -55,7 +59,7 @@ def evaluate(model, ds, settings: dict, *, device="cpu", progress: bool = False)
             "apgd_images": n, "apgd_seconds": time.time() - t0, "apgd_correct": correct["apgd"]}
 
 
-def model_row(profile: dict, unit: str, model, run_dir, *, device="cpu", data_root="data",
+def model_row(profile: dict, unit: str, model, run_dir, device="cpu", data_root="data",
               progress: bool = False) -> dict:
     """One table row of one unit ('robust@1'): clean/PGD test accuracy (meta, or evaluated for an external model),
     APGD, the selected epoch; per-image 0/1 lists under `correct` (clean, pgd) and `apgd_correct`."""
@@ -64,6 +68,9 @@ def model_row(profile: dict, unit: str, model, run_dir, *, device="cpu", data_ro
     cfg = {**profiles.model_config(profile, key, seed), "sha256": meta.get("sha256")}  # a replaced file re-evaluates
     row = {"unit": unit, "model": key, "seed": seed}
     settings = apgd_settings(profile)
+    attacked = settings.pop("models", None) if settings else None
+    if attacked is not None and key not in attacked:
+        settings = None  # eval.apgd.models leaves this recipe out
     test = None
     if meta.get("external") or settings:
         test = data.load_for(profile, "test", data_root)
@@ -91,9 +98,16 @@ def model_row(profile: dict, unit: str, model, run_dir, *, device="cpu", data_ro
 
 
 def accuracy_rows(profile: dict, trained: dict, run_dir, *, device="cpu", data_root="data", progress=True) -> list:
-    """One `model_row` per unit of `trained` (unit id -> model)."""
-    return [model_row(profile, u, m, run_dir, device=device, data_root=data_root, progress=progress)
-            for u, m in trained.items()]
+    """One `model_row` per unit of `trained` (unit id -> model), side by side in the profile's `workers`."""
+    units = list(trained)
+    n = workers.count(profile.get("workers"), device, len(units))
+
+    def done(i, row):
+        if progress and n > 1 and row.get("apgd_acc") is not None:
+            print(f"  {units[i]}: APGD {row['apgd_acc']:.1f} % on {row['apgd_images']} images")
+
+    return workers.run(model_row, [(profile, u, trained[u], run_dir, device, data_root, progress and n == 1)
+                                   for u in units], workers=n, on_done=done)
 
 
 def accuracy_table(rows: list):

@@ -116,6 +116,7 @@ class Apgd(Section):
     targets: PosInt = OPT
     restarts: PosInt = OPT
     batch_size: PosInt = OPT
+    models: list[str] | None = OPT  # the recipes attacked (null: every model)
 
 
 class Eval(Section):
@@ -270,6 +271,7 @@ class Profile(Section):
     arch_kwargs: FreeForm = OPT
     seed: NonNegInt = OPT
     seeds: PosInt = OPT
+    workers: PosInt | Literal["auto"] = OPT  # lib.workers: per-model jobs side by side in one-thread processes
     train: Train = OPT
     eval: Eval = OPT
     models: dict[str, ModelEntry | None]

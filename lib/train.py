@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from lib import attacks, checkpoints, data, distributed, joint, models, profiles, recipe
+from lib import workers as pool
 from lib.device import allow_tf32, exact_fp32, resolve_device
 from lib.paths import DATA_DIR, RUNS_DIR
 from lib.progress import interactive, tqdm
@@ -67,30 +68,47 @@ def get_models(profile: dict, units, run_dir: str | Path, *, device="cpu", data_
                                 f"{run_dir}` first.")
     cfgs = [profiles.model_config(profile, k, seed=i) for k, i in pairs]
     metas = [{"profile": profile["name"], "key": k, "seed_index": i, "unit": profiles.unit_id(k, i)} for k, i in pairs]
-    trained = train_many(cfgs, dirs, device=device, data_root=data_root, progress=progress, metas=metas)
+    trained = train_many(cfgs, dirs, device=device, data_root=data_root, progress=progress, metas=metas,
+                         workers=profile.get("workers", "auto"))
     return {f"{k}@{i}": m for (k, i), m in zip(pairs, trained)}
 
 
 def train_many(cfgs: list[dict], out_dirs: list[Path], *, device="cpu", data_root="data", progress: bool = True,
-               metas: list[dict] | None = None) -> list[models.Classifier]:
+               metas: list[dict] | None = None, workers="auto") -> list[models.Classifier]:
     """Train (or resume, or load) every config into its folder: groups of equal shared settings jointly
-    (lib.joint, where each config's `joint` knob allows), the rest one by one with `train`. Returns the
+    (lib.joint, where each config's `joint` knob allows), the rest one by one with `train`, side by side in
+    `workers` one-thread processes on a multi-core CPU (lib.workers; "auto": one per usable CPU). Returns the
     models in the order of `cfgs`, each exactly as `train` would have written it (up to float summation order)."""
     if len(cfgs) != len(out_dirs) or (metas is not None and len(metas) != len(cfgs)):
         raise ValueError("train_many needs one out_dir (and one meta, if given) per config.")
     device = resolve_device(device)
     metas = list(metas) if metas is not None else [None] * len(cfgs)
     todo = [i for i, d in enumerate(out_dirs) if not checkpoints.is_complete(d)]
+    alone = []
     for group in joint.groups([cfgs[i] for i in todo], device):
         idx = [todo[g] for g in group]
         if len(idx) == 1:
-            train(cfgs[idx[0]], out_dirs[idx[0]], device=device, data_root=data_root, progress=progress,
-                  meta_extra=metas[idx[0]])
+            alone.append(idx[0])
             continue
         with allow_tf32(cfgs[idx[0]]["tf32"]):
             joint.train_group([cfgs[i] for i in idx], [Path(out_dirs[i]) for i in idx], device=device,
                               data_root=data_root, progress=progress, metas=[metas[i] for i in idx])
+    n = pool.count(workers, device, len(alone))
+    if n > 1 and progress:
+        print(f"training {len(alone)} models in {n} processes of one thread each (profile `workers`)")
+    alone.sort(key=lambda i: -recipe.cost(cfgs[i]))  # longest first: the last job to start is a short one
+    pool.run(_train_alone, [(cfgs[i], Path(out_dirs[i]), str(device), data_root, progress, metas[i], n > 1)
+                            for i in alone], workers=n, on_done=lambda j, log: print(log, end="") if log else None)
     return [checkpoints.load_model(d, device, config=c) for d, c in zip(out_dirs, cfgs)]  # verified against cfg
+
+
+def _train_alone(cfg, out_dir, device, data_root, progress, meta, in_worker) -> str:
+    """One `train` call, as a `lib.workers` job: returns what it printed (a worker's own output goes nowhere)."""
+    if not in_worker:
+        train(cfg, out_dir, device=device, data_root=data_root, progress=progress, meta_extra=meta)
+        return ""
+    return pool.captured(train, cfg, out_dir, device=device, data_root=data_root, progress=progress,
+                            meta_extra=meta)[1]
 
 
 @exact_fp32

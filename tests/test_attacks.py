@@ -160,3 +160,18 @@ def test_snapshot_gives_the_iterates_of_shorter_runs(digits_models, digits_batch
     zero = {}
     attacks.pgd(model, x, y, eps=0.0, step_size=0.3, steps=2, snapshot=lambda t, xa: zero.__setitem__(t, xa))
     assert sorted(zero) == [0, 1, 2] and all(torch.equal(v, x) for v in zero.values())
+
+
+def test_apgd_models_attacks_only_the_named_recipes_and_a_typo_is_refused(digits_models, tmp_path):
+    from conftest import tiny_profile
+    from lib import robustness
+
+    prof = tiny_profile()
+    prof["eval"]["apgd"] = {**prof["eval"]["apgd"], "images": 16, "steps": 3, "models": ["robust"]}
+    units = {"standard@0": digits_models["standard"], "robust@0": digits_models["robust"]}
+    by = {r["unit"]: r for r in robustness.accuracy_rows(prof, units, tmp_path, progress=False)}
+    assert by["standard@0"]["apgd_acc"] is None and by["standard@0"]["apgd_images"] is None
+    assert by["robust@0"]["apgd_images"] == 16 and 0 <= by["robust@0"]["apgd_acc"] <= 100
+    prof["eval"]["apgd"]["models"] = ["robus"]
+    with pytest.raises(ValueError, match="eval.apgd.models names robus, which profile"):
+        robustness.accuracy_rows(prof, units, tmp_path, progress=False)

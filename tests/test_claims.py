@@ -99,7 +99,8 @@ def test_rows_carry_n_intervals_effects_and_sweep_order():
     r = by_id(claims.evaluate(summary_for(prof), prof))["etmann.pgd"]
     order = list(claims.sweeps(prof)["pgd"])
     assert list(r.values) == order and order[0] == "standard"
-    assert r.n == {"images": 48, "seeds": 3, "models": 15, "min_p": pytest.approx(1 / 168168000), "family": 16}
+    assert r.n == {"images": 48, "per": "images", "seeds": 3, "models": 15, "min_p": pytest.approx(1 / 168168000),
+                   "family": 16}
     for v in r.values.values():
         assert v["lo"] <= v["mean"] <= v["hi"] and v["seeds"] == 3
     slope, lo, hi = r.effect["slope"]
@@ -129,6 +130,7 @@ def test_feature_spaces_must_agree_one_verdict_with_parts():
     row = by_id(claims.evaluate(s, prof))["fd"]
     assert row.verdict == "inconclusive" and len(row.parts) == 2
     assert row.p == max(p.p for p in row.parts) and all(p.verdict == "part" for p in row.parts)
+    assert row.n["per"] == "draws" and all(p.n["per"] == "draws" for p in row.parts)  # FD: per draw, not image
 
 
 def test_apgd_decides_robustness_when_every_sweep_model_has_it():

@@ -10,7 +10,7 @@ from conftest import ROOT
 LIB = sorted(p for p in (ROOT / "lib").glob("*.py") if p.name != "__init__.py")
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 FOUNDATION = {"paths": set(), "device": set(), "progress": set(), "schema": set(), "profiles": {"paths", "schema"},
-              "results": {"paths"}}
+              "results": {"paths"}, "workers": {"device"}}
 MAX_MODULE_LINES, MAX_CELL_LINES = 400, 15
 
 

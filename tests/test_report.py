@@ -42,7 +42,8 @@ def test_report_shows_conditions_every_claim_with_n_p_and_figures_under_their_cl
         assert row.claim.replace("|", "\\|") in text
         assert row.claim in page.read_text().replace("&#x27;", "'")
         if row.trend and row.verdict != "not measured":
-            assert f"{row.n['images']} img · {row.n['seeds']} seeds · {row.n['models']} models" in text
+            per = "draws" if row.id.startswith("fd") else "img"  # FD: one value per draw of generated images
+            assert f"{row.n['images']} {per} · {row.n['seeds']} seeds · {row.n['models']} models" in text
             assert claims._fmt(row.p_holm, 4) in text
     rob = next(r for r in claims.evaluate(summary, prof) if r.id == "accuracy.robust")
     section = text[text.index("## Figures"):]
