@@ -54,8 +54,9 @@ def describe(summary: dict, profile: dict) -> dict[str, str]:
                  f"--seed {summary.get('_seed', 0)}",
         "selected epochs": ", ".join(f"{u} {e}" for u, e in epochs.items()) or "not recorded",
     }
-    if summary.get("_overrides"):
-        out["overrides"] = str(summary["_overrides"])
+    changed = {nb: o for nb, o in (summary.get("_overrides") or {}).items() if o}
+    if changed:  # notebooks that ran with the profile as written are left out
+        out["overrides"] = str(changed)
     return out
 
 

@@ -41,11 +41,11 @@ def class_seeds(train, test, g: dict, per_class: int, *, seed: int = 0) -> tuple
 
 
 def generate(nets: dict, seeds: torch.Tensor, y: torch.Tensor, g: dict, *, device="cpu",
-             fake_relu: bool = True) -> dict:
-    """key -> images (N,C,H,W) in [0,1] on the CPU: each model maximises the class logit y from the same seeds."""
-    return {key: visualize.generate_class_images(
-        net, seeds.to(device), y.to(device), eps=g["eps"], step_size=g["step_size"], steps=g["steps"],
-        batch_size=g.get("batch_size"), fake_relu=fake_relu, progress=False).cpu() for key, net in nets.items()}
+             fake_relu: bool = True, workers="auto") -> dict:
+    """key -> images (N,C,H,W) in [0,1] on the CPU: each model maximises the class logit y from the same seeds,
+    side by side in `workers` processes on a multi-core CPU (lib.workers)."""
+    runs = trajectories(nets, seeds, y, g, [g["steps"]], device=device, fake_relu=fake_relu, workers=workers)
+    return {key: r[g["steps"]] for key, r in runs.items()}
 
 
 def generation_table(nets: dict, seeds: torch.Tensor, generated: dict, y: torch.Tensor, *,

@@ -36,9 +36,15 @@ def invert_all(nets: dict, test, inv: dict, *, seed: int = 0, device="cpu", fake
     side by side in `workers` processes on a multi-core CPU (lib.workers)."""
     x_src, x_targ = visualize.inversion_pairs(test, inv["n"], source=inv["source"], seed=seed)
     x_src, x_targ = x_src.to(device), x_targ.to(device)
-    done = pool.map_models(invert_one, nets, x_src, x_targ, inv, fake_relu, workers=workers, device=device)
-    return Inversions(x_src.cpu(), x_targ.cpu(), {k: v[0] for k, v in done.items()},
-                      {k: v[1] for k, v in done.items()}, 3 if inv["source"] == "triple" else 1)
+    n = pool.count(workers, device, 2 * len(nets))
+    parts = 2 if n > 1 else 1  # each model's pairs in two jobs (the loss is per example): no worker idles at the end
+    chunks, keys = torch.arange(len(x_src)).chunk(parts), list(nets)
+    out = pool.run(invert_one, [(nets[k], x_src[i], x_targ[i], inv, fake_relu) for k in keys for i in chunks],
+                   workers=n)
+    got = {k: out[j * len(chunks):(j + 1) * len(chunks)] for j, k in enumerate(keys)}
+    return Inversions(x_src.cpu(), x_targ.cpu(), {k: torch.cat([g[0] for g in v]) for k, v in got.items()},
+                      {k: {s: torch.cat([g[1][s] for g in v]) for s in ("source", "inverted")} for k, v in got.items()},
+                      3 if inv["source"] == "triple" else 1)
 
 
 def invert_one(net, x_src, x_targ, inv: dict, fake_relu: bool = True) -> tuple[torch.Tensor, dict]:

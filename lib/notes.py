@@ -45,8 +45,10 @@ def power_sentence(c, alpha: float = 0.05) -> str:
     min_p, family = c.n.get("min_p"), c.n.get("family") or 1
     if min_p is None or min_p <= alpha / family:
         return ""
+    fix = ("notebooks 04–06 compare only the seed-0 model of each recipe, whatever `seeds:` says (CPU time)"
+           if str(c.notebook).startswith(("04", "05", "06")) else "train more seeds (`seeds:`)")
     return (f" With {c.n.get('seeds')} seed(s) per recipe the smallest reachable p is {_f(min_p, 3)}, above the "
-            f"corrected level {_f(alpha / family, 3)}: this test cannot decide; train more seeds (`seeds:`).")
+            f"corrected level {_f(alpha / family, 3)}: this test cannot decide; {fix}.")
 
 
 def context(c, summary: dict) -> str:

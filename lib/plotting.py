@@ -12,7 +12,7 @@ import seaborn as sns
 import torch
 from matplotlib.colors import Normalize
 
-from lib.plotting_curves import alpha_vs_rho, fd_vs_steps  # noqa: F401  (drawn through publish)
+from lib.plotting_curves import alpha_vs_rho, fd_vs_steps, training_curves  # noqa: F401  (drawn through publish)
 from lib.results import record_figure, to_jsonable
 
 sns.set_theme(context="paper", style="whitegrid")
@@ -26,24 +26,6 @@ def savefig(fig, fig_dir: str | Path, name: str) -> list[Path]:
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight")
     return paths
-
-
-def training_curves(history: dict):
-    """history: model key -> per-epoch rows from meta.json. One panel per metric."""
-
-    rows = [{"model": k, **r} for k, h in history.items() for r in h]
-    df = pd.DataFrame(rows)
-    metrics = [m for m in ("train_loss", "val_clean_acc", "val_pgd_acc") if m in df]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
-    for ax, m in zip(axes, metrics):
-        sns.lineplot(data=df, x="epoch", y=m, hue="model", marker="o", ax=ax)
-        ax.set_title(m.replace("_", " "))
-        if ax is not axes[-1]:
-            ax.get_legend().remove()
-        else:
-            ax.legend(title="model", bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
-    return fig
 
 
 def accuracy_bars(model: list, clean_acc: list, pgd_acc: list):

@@ -1,10 +1,15 @@
-"""Curves of notebooks 03 and 06 (re-exported by `lib.plotting`, which stays the one place figures come from):
-FD / KID against the generation budget, Etmann's mean α against mean ρ, Wang's cosine against log distance."""
+"""Curves of notebooks 01, 03 and 06 (re-exported by `lib.plotting`, the one place figures come from): training
+curves per recipe and seed, FD / KID against the generation budget, Etmann's mean α against mean ρ, Wang's cosine
+against log distance."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from lib.stats import recipe_of
 
 
 def fd_vs_steps(steps: list, labels: dict, floor: dict, fd: dict, kid: dict, kid_lo: dict, kid_hi: dict,
@@ -52,5 +57,31 @@ def alpha_vs_rho(alpha: dict, rho: dict, sweep_of: dict, recipe: dict):
     ax.set_xlabel("mean ρ (boundary distance, pixels)")
     ax.set_ylabel("mean α (alignment)")
     ax.legend(title="sweep", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: dict):
+    """history: unit ('pgd_0.5@1') or model key -> per-epoch rows from meta.json. One panel per metric, one colour
+    per recipe and one line per training seed, against the fraction of each model's schedule (recipes may train
+    for different numbers of epochs, e.g. the shuffled-label model)."""
+
+    rows = []
+    for k, h in history.items():
+        last = max(r["epoch"] for r in h)
+        rows += [{"recipe": recipe_of(k), "unit": k, "progress": r["epoch"] / last, **r} for r in h]
+    df = pd.DataFrame(rows)
+    metrics = [m for m in ("train_loss", "val_clean_acc", "val_pgd_acc") if m in df]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics) + 1.5, 3.2), squeeze=False)
+    axes = axes[0]
+    for ax, m in zip(axes, metrics):
+        sns.lineplot(data=df, x="progress", y=m, hue="recipe", units="unit", estimator=None, marker="o",
+                     markersize=4, linewidth=1, alpha=0.8, ax=ax)
+        ax.set_title(m.replace("_", " "))
+        ax.set_xlabel("fraction of training (epoch / epochs)")
+        if ax is not axes[-1]:
+            ax.get_legend().remove()
+        else:
+            ax.legend(title="recipe (a line per seed)", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig

@@ -180,7 +180,7 @@ class Page:
         e = html.escape
 
         def tr(cells, cls, part=False):
-            tds = "".join(f"<td>{e(str(c))}</td>" if i != 6 else f"<td><b>{e(str(c))}</b></td>"
+            tds = "".join(f"<td>{_inline(c)}</td>" if i != 6 else f"<td><b>{_inline(c)}</b></td>"
                           for i, c in enumerate(cells))
             return f"<tr class='{cls}{' part' if part else ''}'>{tds}</tr>"
 
@@ -192,8 +192,8 @@ class Page:
             paper = ("<h2>Against the paper's numbers</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in PAPER_HEAD)
                      + "</tr>" + "".join(tr(_paper_cells(r), r.verdict.split()[0]) for r in self.paper) + "</table>")
         checks = "".join(f"<tr><td>{e(c.claim)}</td><td>{e(c.ours)}</td><td><b>{e(c.verdict)}</b></td>"
-                         f"<td>{e(c.reason)}</td></tr>" for c in self.checks)
-        cond = "".join(f"<li><b>{e(k)}</b>: {e(str(v))}</li>" for k, v in self.cond.items())
+                         f"<td>{_inline(c.reason)}</td></tr>" for c in self.checks)
+        cond = "".join(f"<li><b>{e(k)}</b>: {_inline(v)}</li>" for k, v in self.cond.items())
         figs = "".join(f"<h3>{e(claim)}</h3>" + "".join(
             f"<figure><img alt='{e(p.stem)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
             f"<figcaption><b>{e(p.stem)}</b>: {e(caption(p.stem))}</figcaption></figure>" for p in fs)
@@ -201,9 +201,8 @@ class Page:
         envs = "".join(f"<li>{e(line)}</li>" for line in conditions.environment_lines(self.summary, self.profile))
         times = "".join(f"<tr><td>{e(k)}</td><td>{v:.0f}</td></tr>"
                         for k, v in (self.summary.get("_timings_s") or {}).items())
-        rule = e(RULE).replace("**", "")
-        ran = "".join("<li>" + re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e(line)) + "</li>"
-                      for line in run_lines(self.summary))
+        rule = _inline(RULE)
+        ran = "".join(f"<li>{_inline(line)}</li>" for line in run_lines(self.summary))
         return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(self.title)}</title>"
                 f"<style>{_CSS}</style>{_CHECK}</head><body><h1>{e(self.title)}</h1><p>{rule}</p>"
                 f"<h2>Conditions</h2><ul>{cond}</ul><h2>Claims</h2><div class='wide'><table><tr>{head}</tr>{rows}"
@@ -215,6 +214,12 @@ class Page:
                 f"{times}</table></body></html>\n")
 
 
+def _inline(text) -> str:
+    """Escaped text with the markdown the rows use: **bold** and `code`."""
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(str(text)))
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+
+
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1280px;margin:2em auto;padding:0 1em;color:#222;
 line-height:1.4}table{border-collapse:collapse;width:100%;font-size:13px}.wide{overflow-x:auto}
 td,th{border:1px solid #ccc;padding:4px 6px;text-align:left;vertical-align:top}th{background:#f3f3f3}
@@ -222,7 +227,7 @@ td,th{border:1px solid #ccc;padding:4px 6px;text-align:left;vertical-align:top}t
 .not{background:#f1f1f1;color:#777}tr.part td{background:#fafafa;font-size:12px;color:#444}
 tr.part td:first-child{padding-left:1.5em}
 figure{margin:12px 0;max-width:100%}figure img{max-width:100%;height:auto;border:1px solid #ddd}
-figcaption{font-size:13px;color:#444}"""
+figcaption{font-size:13px;color:#444}code{background:#f3f3f3;padding:0 3px;font-size:92%}"""
 
 _CHECK = """<script>window.addEventListener('load',function(){var im=document.images,ok=0;
 for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++}

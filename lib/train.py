@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import sys
 import time
@@ -94,12 +95,23 @@ def train_many(cfgs: list[dict], out_dirs: list[Path], *, device="cpu", data_roo
             joint.train_group([cfgs[i] for i in idx], [Path(out_dirs[i]) for i in idx], device=device,
                               data_root=data_root, progress=progress, metas=[metas[i] for i in idx])
     n = pool.count(workers, device, len(alone))
-    if n > 1 and progress:
-        print(f"training {len(alone)} models in {n} processes of one thread each (profile `workers`)")
+    if n > 1:
+        _load_once([cfgs[i] for i in alone], data_root)
+        if progress:
+            print(f"training {len(alone)} models in {n} processes of one thread each (profile `workers`)")
     alone.sort(key=lambda i: -recipe.cost(cfgs[i]))  # longest first: the last job to start is a short one
     pool.run(_train_alone, [(cfgs[i], Path(out_dirs[i]), str(device), data_root, progress, metas[i], n > 1)
                             for i in alone], workers=n, on_done=lambda j, log: print(log, end="") if log else None)
     return [checkpoints.load_model(d, device, config=c) for d, c in zip(out_dirs, cfgs)]  # verified against cfg
+
+
+def _load_once(cfgs: list[dict], data_root) -> None:
+    """Load every split of the configs' datasets here, so that an on-disk image cache (ImageNet-150) is built
+    once, before the workers map it, instead of by several workers at once."""
+    for name, opts in dict.fromkeys((c["dataset"], json.dumps(c.get("dataset_options") or {}, sort_keys=True))
+                                    for c in cfgs):
+        for split in ("train", "val", "test"):
+            data.load(name, split, data_root, **json.loads(opts))
 
 
 def _train_alone(cfg, out_dir, device, data_root, progress, meta, in_worker) -> str:
