@@ -1,10 +1,11 @@
 """Independent per-model jobs in parallel single-threaded processes on a multi-core CPU (issue 18).
 
-A small_cnn step is too small to keep two torch threads busy: on the 2-core reference machine one model trains in
-24.3 s with one thread and 21.6 s with two, while two one-thread processes train two models in 26 s, 1.66 models
-in the time of one (benchmarks/README.md, "Models side by side"). So where a notebook does the same thing to many
-models (train them, attack them, measure them), `run` hands the models to `count(...)` spawned processes of one
-thread each, and returns the results in the order of the jobs, as the loop would have.
+A small_cnn step is too small to keep two torch threads fully busy. Where a notebook does the same thing to many
+models (train them, attack them, measure them), `run` hands the models to `count(...)` worker processes of one
+thread each and returns the results in the order of the jobs, as the loop would have. Inside the default pipeline
+on the 2-core reference machine this gained 1.08–1.21× over one process with two threads (training 1.13×, APGD
+1.21×, alignment 1.16×), and lost (0.78×) on two jobs of unequal length, hence `count`'s two jobs per worker
+(benchmarks/README.md, "Models side by side").
 
 - Results equal those of the loop on one thread; against torch's default two threads they may differ in the
   last bits of float sums (a convolution's reduction order), as any change of thread count does.
@@ -34,6 +35,7 @@ from lib.device import usable_cpus
 
 _START = os.environ.get("ROBINTERP_WORKER_START", "fork" if sys.platform.startswith("linux") else "spawn")
 
+
 def count(setting, device, jobs: int) -> int:
     """Worker processes for `jobs` independent jobs on `device`: `setting` ("auto"/None: one per usable CPU),
     at most one per two jobs; 1 on a GPU, inside torchrun, or when one CPU is usable. (Two jobs of unequal
@@ -48,7 +50,7 @@ def count(setting, device, jobs: int) -> int:
 
 
 def run(fn: Callable, jobs: list[tuple], *, workers: int, on_done: Callable | None = None) -> list:
-    """[fn(*args) for args in jobs], in `workers` spawned one-thread processes when workers > 1 (fn and its
+    """[fn(*args) for args in jobs], in `workers` one-thread processes when workers > 1 (fn and its
     arguments must pickle: a module-level function, tensors, models). on_done(i, result) runs here, in completion
     order, e.g. to print a line per job; what a job prints itself is returned to `on_done` through `captured`."""
     if workers <= 1 or len(jobs) <= 1:
