@@ -109,7 +109,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, config: 
         raise CheckpointError(f"{weights} has the wrong tensor shapes for {arch['name']!r}: {e}") from e
     model.meta = meta
     model.checkpoint_dir = out_dir
-    return model.to(device).eval()
+    return models.place(model, device).eval()
 
 
 def verify(out_dir: Path, meta: dict, config: dict | None = None) -> None:

@@ -1,7 +1,8 @@
 """Fréchet distances between image sets (Boychev 2023 §2.5; Tables 2, 3, 5, 6).
 
-FID uses pytorch-fid's InceptionV3 with its FID weights, read from a local file only: this module
-never touches the network. For small grayscale data (Fashion-MNIST, digits) Inception features are
+FID uses pytorch-fid's InceptionV3 with its FID weights (lib.fid_inception), read from a local file only:
+this module never touches the network, and imports pytorch-fid (with torchvision, ~4 s on a 2-core CPU) only
+when Inception is asked for. For small grayscale data (Fashion-MNIST, digits) Inception features are
 a poor fit, so the same Fréchet distance is computed in the penultimate features of an
 independently trained classifier (`domain_extractor`) and labelled `FD-<extractor>`, never "FID".
 A profile's `fid.feature_spaces` names several extractors (e.g. Inception, a standard-trained and a
@@ -10,11 +11,11 @@ robust-trained domain classifier): a conclusion about generated images holds onl
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from pytorch_fid import inception as pfi
 from torch import nn
 
 from lib import checkpoints, profiles
@@ -31,17 +32,14 @@ FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 # file pass their own `sha256`.
 FID_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 EXTRACTOR_KEYS = {"arch", "arch_kwargs", "seed", "features"}
-# pytorch-fid's block layout (InceptionV3.__init__): the Inception3 modules of each output block
-BLOCKS = (("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool"),
-          ("Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool"),
-          ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"),
-          ("Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool"))
 
 
 # ---------------------------------------------------------------- Inception with local weights only
 
 def fid_weights_url() -> str:
-    return pfi.FID_WEIGHTS_URL
+    from pytorch_fid.inception import FID_WEIGHTS_URL
+
+    return FID_WEIGHTS_URL
 
 
 def default_weights_path() -> Path:
@@ -53,44 +51,22 @@ def weights_available(weights: str | Path | None = None) -> bool:
     return Path(weights or default_weights_path()).is_file()
 
 
-class FIDInception(pfi.InceptionV3):
-    """pytorch-fid's `InceptionV3` (its forward: bilinear resize to 299², scaling to [-1, 1], the blocks)
-    built from a given state dict instead of its constructor's download. Returns block outputs (N,d,h,w)."""
-
-    def __init__(self, output_blocks, state: dict):
-        nn.Module.__init__(self)
-        self.resize_input, self.normalize_input = True, True
-        self.output_blocks = sorted(output_blocks)
-        self.last_needed_block = max(output_blocks)
-        net = fid_inception_architecture()
-        net.load_state_dict(state)
-        pools = {"maxpool": lambda: nn.MaxPool2d(kernel_size=3, stride=2),
-                 "avgpool": lambda: nn.AdaptiveAvgPool2d(output_size=(1, 1))}
-        self.blocks = nn.ModuleList(
-            nn.Sequential(*[pools[n]() if n in pools else getattr(net, n) for n in names])
-            for names in BLOCKS[:self.last_needed_block + 1])
-        self.requires_grad_(False)
-
-
 def fid_inception_architecture() -> nn.Module:
     """pytorch-fid's `fid_inception_v3()` network with uninitialised weights (no download)."""
-    net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    for name, block, args in (("Mixed_5b", pfi.FIDInceptionA, (192, 32)), ("Mixed_5c", pfi.FIDInceptionA, (256, 64)),
-                              ("Mixed_5d", pfi.FIDInceptionA, (288, 64)), ("Mixed_6b", pfi.FIDInceptionC, (768, 128)),
-                              ("Mixed_6c", pfi.FIDInceptionC, (768, 160)), ("Mixed_6d", pfi.FIDInceptionC, (768, 160)),
-                              ("Mixed_6e", pfi.FIDInceptionC, (768, 192)), ("Mixed_7b", pfi.FIDInceptionE_1, (1280,)),
-                              ("Mixed_7c", pfi.FIDInceptionE_2, (2048,))):
-        setattr(net, name, block(*args))
-    return net
+    from lib import fid_inception
+
+    return fid_inception.architecture()
 
 
 def inception(dims=(2048,), weights: str | Path | None = None, *, sha256: str = FID_WEIGHTS_SHA256,
-              device="cpu") -> FIDInception:
+              device="cpu") -> nn.Module:
     """pytorch-fid's InceptionV3 returning the blocks of `dims` (64, 192, 768, 2048), in eval mode.
 
     weights: the FID weights file; None looks in the torch hub cache. The file's SHA-256 must equal
     `sha256`, and it is read with `torch.load(weights_only=True)`. Never downloads.
     """
+    from lib.fid_inception import FIDInception, pfi
+
     unknown = [d for d in dims if d not in pfi.InceptionV3.BLOCK_INDEX_BY_DIM]
     if unknown or not dims:
         raise ValueError(f"dims must be a non-empty tuple of {sorted(pfi.InceptionV3.BLOCK_INDEX_BY_DIM)}, got {dims}")
@@ -361,7 +337,8 @@ def per_class_fd(acts: np.ndarray, y, ref: np.ndarray, ref_y, classes) -> tuple[
 
 
 def _is_inception(extractor) -> bool:
-    return isinstance(extractor, pfi.InceptionV3)
+    pfi = sys.modules.get("pytorch_fid.inception")  # not imported: no extractor can be Inception
+    return pfi is not None and isinstance(extractor, pfi.InceptionV3)
 
 
 def _slice(images, start: int, stop: int) -> torch.Tensor:

@@ -14,6 +14,14 @@ from pathlib import Path
 import numpy as np
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+# torchvision's `classes` of its FashionMNIST and MNIST datasets (tests/test_data.py checks they agree), kept
+# here so that reading IDX files never imports torchvision (~4 s with torch._dynamo on a 2-core CPU)
+CLASSES = {
+    "FashionMNIST": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                     "Ankle boot"],
+    "MNIST": ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six", "7 - seven",
+              "8 - eight", "9 - nine"],
+}
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -49,15 +57,14 @@ def load_arrays(root: Path, cls_name: str, download: bool) -> tuple[list, list[s
     """[(train images (N,28,28) uint8, labels (N,) uint8), (test ...)] and the class names, every file checked.
 
     cls_name: "FashionMNIST" or "MNIST" (torchvision's folder names under root)."""
-    import torchvision.datasets as tvd
-
-    cls = getattr(tvd, cls_name)
     raw = root / cls_name / "raw"
     if cls_name == "FashionMNIST":
         fashion_mnist_raw(root, download)
     elif not all((raw / f).is_file() for f in MNIST_FILES):
         if download:
-            cls(str(root), train=True, download=True)
+            import torchvision.datasets as tvd
+
+            getattr(tvd, cls_name)(str(root), train=True, download=True)
         else:
             raise FileNotFoundError(f"{cls_name} not found under {raw}: run `python -m lib.data mnist --download` "
                                     "once with network access, or copy the four IDX files there.")
@@ -68,7 +75,7 @@ def load_arrays(root: Path, cls_name: str, download: bool) -> tuple[list, list[s
         if len(images[part]) != len(labels[part]):
             raise ValueError(f"{raw / f'{part}-labels-idx1-ubyte'} has {len(labels[part])} labels for "
                              f"{len(images[part])} images: a mismatched file; {fix_sentence(cls_name)}.")
-    return [(images[p], labels[p]) for p in ("train", "t10k")], list(cls.classes)
+    return [(images[p], labels[p]) for p in ("train", "t10k")], list(CLASSES[cls_name])
 
 
 def fix_sentence(cls_name: str) -> str:

@@ -16,15 +16,16 @@ TRAIN_DEFAULTS = {
     "epochs": 10, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False,
     "schedule": "cosine", "milestones": [], "warmup_epochs": 0, "amp": None, "augment": None,
     "train_subset": None, "ckpt_every": 200, "val_images": 1000, "mode": "standard",
-    "norm": "l2", "eps": 0.0, "step_size": 0.0, "steps": 0, "lam": 0.0, "channels_last": False,
+    "norm": "l2", "eps": 0.0, "step_size": 0.0, "steps": 0, "lam": 0.0, "channels_last": "auto",
     "compile": False, "data_on_device": False, "tf32": True, "select": "auto", "joint": "auto",
     "labels": "original",
 }
 UNIT_SEP = "@"  # a unit is one trained model: recipe key and training-seed index, e.g. "pgd_0.5@1"
 # A model entry with `source:` names a published checkpoint (lib/zoo.py) instead of a training recipe.
 EXTERNAL_KEYS = ("source", "path", "arch", "name", "wnids", "mean", "std")
-# Speed options that leave the trained weights' meaning unchanged: not part of a model's identity.
-RUNTIME_KEYS = ("compile", "data_on_device", "tf32", "joint")  # joint: lib.joint, models trained together
+# Speed options that leave the trained weights' meaning unchanged (float summation order at most): not part of a
+# model's identity. joint: lib.joint, models trained together; channels_last: memory order (lib.models.place).
+RUNTIME_KEYS = ("compile", "data_on_device", "tf32", "joint", "channels_last")
 # Settings added after models were trained: left out of the hash at these values, so those models keep their folder.
 HASH_SILENT_DEFAULTS: dict = {"labels": "original"}
 

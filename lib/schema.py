@@ -72,7 +72,7 @@ class Train(Section):
     step_size: NonNeg = OPT
     steps: NonNegInt = OPT
     lam: NonNeg = OPT
-    channels_last: bool = OPT
+    channels_last: bool | Literal["auto"] = OPT  # auto: on a CPU in one process (lib.models.place)
     compile: bool = OPT
     data_on_device: bool = OPT
     tf32: bool = OPT

@@ -156,6 +156,7 @@ def train(cfg: dict, out_dir: str | Path, *, device="cpu", data_root="data", pro
 
 
 def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -> None:
+    profile_cfg = cfg
     torch.manual_seed(cfg["seed"])
     opts = cfg.get("dataset_options") or {}
     train_ds, val_ds = recipe.train_data(cfg, data_root, device)
@@ -164,8 +165,11 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
                          **arch["kwargs"]).to(device)
     if world > 1:  # before the optimizer exists: the conversion makes new parameter tensors
         distributed.global_batchnorm(model)  # statistics of the global batch, as in one process
-    if cfg["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    channels_last = cfg["channels_last"]
+    if channels_last == "auto":  # DDP's gradient buckets expect contiguous parameters: one process only
+        channels_last = device.type == "cpu" and world == 1
+    model = models.place(model, device, channels_last)
+    cfg = {**cfg, "channels_last": channels_last}  # _train_step's copy; meta.json keeps the profile's value
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                           weight_decay=cfg["weight_decay"], nesterov=cfg["nesterov"])
     if cfg["batch_size"] % world:
@@ -246,7 +250,8 @@ def _train(cfg, out_dir, device, rank, world, data_root, progress, meta_extra) -
         test = evaluate(model, data.load(cfg["dataset"], "test", data_root, **opts), eps=ev["eps"],
                         step_size=ev["step_size"], steps=ev["steps"], norm=ev["norm"],
                         max_images=ev.get("test_images"), device=device, seed=cfg["seed"], progress=progress)
-        meta = {**(meta_extra or {}), "config": cfg, "config_hash": profiles.config_hash(cfg), "arch": arch,
+        meta = {**(meta_extra or {}), "config": profile_cfg, "config_hash": profiles.config_hash(profile_cfg),
+                "arch": arch,
                 "metrics": {"clean_acc": test["clean_acc"], "pgd_acc": test["pgd_acc"], "test_images": test["n"],
                             "best_epoch": state.get("best_epoch"), "val_metric": state["best_metric"],
                             "correct": test["correct"]},

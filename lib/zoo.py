@@ -133,7 +133,7 @@ def load_external(cfg: dict, *, device="cpu", data_root="data") -> models.Classi
     model.meta = {"config": cfg, "config_hash": profiles.config_hash(cfg), "sha256": data.file_digest(path),
                   "arch": {"name": arch, "num_classes": model.head.out_features, "in_channels": in_channels,
                            "image_size": size, "kwargs": {}}, "external": True}
-    return model.to(device).eval()
+    return models.place(model, device).eval()
 
 
 def external_names(model: models.Classifier, arch: str, style: str) -> dict[str, str]:

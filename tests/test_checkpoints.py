@@ -23,7 +23,8 @@ class Evil:
 
 
 def _saved(tmp_path):
-    m = models.build("small_cnn", 10, 1, 8, width=4)
+    # placed as load_model places it (channels-last on CPU), so that outputs compare bitwise
+    m = models.place(models.build("small_cnn", 10, 1, 8, width=4), "cpu")
     meta = {"arch": {"name": "small_cnn", "num_classes": 10, "in_channels": 1, "image_size": 8,
                      "kwargs": {"width": 4}}}
     return m, checkpoints.save_model(m, meta, tmp_path / "m")
@@ -33,7 +34,9 @@ def test_roundtrip_rebuilds_from_meta(tmp_path):
     m, folder = _saved(tmp_path)
     m2 = checkpoints.load_model(folder)
     x = torch.rand(3, 1, 8, 8)
-    assert torch.equal(m.eval()(x), m2(x)) and not m2.training and m2.meta["arch"]["name"] == "small_cnn"
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values(), strict=True))
+    assert torch.equal(m.eval()(x), m2(x)) and not m2.training
+    assert m2.meta["arch"]["name"] == "small_cnn"
     assert torch.equal(checkpoints.load_model(folder / "model.safetensors")(x), m2(x))
 
 

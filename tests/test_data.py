@@ -278,3 +278,12 @@ def test_cifar10_offline_download_is_one_sentence_saying_where_to_get_and_put_it
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "urlopen" not in err and "Traceback" not in err
     assert data.CIFAR10_URL in err and f"extract it into {tmp_path}" in err and "data_batch_1 exists" in err
+
+
+def test_idx_class_names_are_torchvisions():
+    """lib.mnist keeps the class names so that reading data never imports torchvision: they must be its own."""
+    import torchvision.datasets as tvd
+
+    from lib.mnist import CLASSES
+
+    assert CLASSES == {name: list(getattr(tvd, name).classes) for name in ("FashionMNIST", "MNIST")}

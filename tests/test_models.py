@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -67,3 +69,20 @@ def test_wide_resnet_relus_are_separate_and_used_once():
         r.register_forward_hook(lambda mod, i, o: calls.append(id(mod)))
     assert body(torch.rand(2, 3, 32, 32)).shape == (2, dim) and sorted(calls) == sorted(map(id, relus))
     assert not any(r.inplace for r in relus)
+
+
+def test_place_is_channels_last_on_cpu_and_changes_only_summation_order():
+    """lib.models.place: a speed choice. Same weights bitwise, logits and input gradients equal to float32 rounding."""
+    torch.manual_seed(0)
+    m = models.build("small_cnn", 10, 3, 16, width=4).eval()
+    placed = models.place(copy.deepcopy(m), "cpu")
+    conv = placed.body[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert models.place(copy.deepcopy(m), "cpu", channels_last=False).body[0].weight.is_contiguous()
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), placed.state_dict().values(), strict=True))
+    x = torch.rand(5, 3, 16, 16, requires_grad=True)
+    out, out_cl = m(x), placed(x)
+    torch.testing.assert_close(out_cl, out, rtol=1e-5, atol=1e-6)
+    (g,) = torch.autograd.grad(out[:, 0].sum(), x)
+    (g_cl,) = torch.autograd.grad(out_cl[:, 0].sum(), x)
+    torch.testing.assert_close(g_cl, g, rtol=1e-5, atol=1e-7)
