@@ -7,6 +7,7 @@ on the paper profiles, as the reference code). The optimisers live in `lib.visua
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,34 +130,51 @@ def fd_study(nets: dict, extractors: dict, train, test, fsec: dict, g: dict, *,
     for n in extractors:
         study.per_seed[n] = {s: [] for s in sets}
         study.accuracy[n] = {s: [] for s in sets}
+    memo, kid_memo = {}, {}
+
+    def measure(n, x, labels):  # step 0 of every run is the seed set, the profile's step the generated set:
+        key = (n, _digest(x), _digest(labels))  # each distinct set is measured once per feature space
+        if key not in memo:
+            acts = fid.activations(x, extractors[n], batch_size, device=device, progress=False)
+            memo[key] = (acts, fid.frechet_of(acts, ref[n]), fid.accuracy(extractors[n], x, labels, device=device))
+        return memo[key]
+
+    def kid_of(n, parts):  # the same sets again: the same activation arrays
+        key = (n, *map(id, parts))
+        if key not in kid_memo:
+            kid_memo[key] = fid.kid(np.concatenate(parts), ref[n], **kid_opts)
+        return kid_memo[key]
     for seed in fsec["seeds"]:
         idx = visualize.balanced_indices(train, fsec["per_class"], seed=seed)
         seeds, y = visualize.class_seed_set(train, fsec["per_class"], seed=seed, normals=normals)
         runs = trajectories(nets, seeds, y, g, grid, device=device, fake_relu=fake_relu, workers=workers)
         images = {"real": (train.batch(idx)[0], train.labels[idx]), "seeds": (seeds, y)}
         images.update({k: (r[g["steps"]], y) for k, r in runs.items()})
-        for n, ext in extractors.items():
+        for n in extractors:
             for s, (x, yy) in images.items():
-                acts = fid.activations(x, ext, batch_size, device=device, progress=False)
+                acts, fd_, acc = measure(n, x, yy)
                 pooled[n][s].append(acts)
-                study.per_seed[n][s].append(fid.frechet_of(acts, ref[n]))
-                study.accuracy[n][s].append(fid.accuracy(ext, x, yy, device=device))
+                study.per_seed[n][s].append(fd_)
+                study.accuracy[n][s].append(acc)
                 values, reason = fid.per_class_fd(acts, yy.numpy(), ref[n], ref_y, classes)
                 per_cls[n][s].append(values)
                 study.per_class_reason[n] = reason
             for k, r in runs.items():
                 for t, x in r.items():
-                    acts = fid.activations(x, ext, batch_size, device=device, progress=False)
+                    acts, fd_, acc = measure(n, x, y)
                     pooled[n][(k, t)].append(acts)
-                    points[n][k][t].append({"fd": fid.frechet_of(acts, ref[n]), **saturation(x),
-                                            "acc": fid.accuracy(ext, x, y, device=device)})
+                    points[n][k][t].append({"fd": fd_, **saturation(x), "acc": acc})
         study.n_per_set = len(y)
     study.per_class = {n: {s: np.mean(v, axis=0) for s, v in d.items()} for n, d in per_cls.items()}
-    kid = {n: {s: fid.kid(np.concatenate(v), ref[n], **kid_opts) for s, v in d.items()} for n, d in pooled.items()}
+    kid = {n: {s: kid_of(n, v) for s, v in d.items()} for n, d in pooled.items()}
     study.kid = {n: {s: kid[n][s] for s in sets} for n in extractors}
     study.budget = {n: {k: {t: {**_mean_rows(points[n][k][t]), **kid[n][(k, t)]} for t in grid} for k in nets}
                     for n in extractors}
     return study
+
+
+def _digest(t) -> str:
+    return hashlib.sha1(np.ascontiguousarray(torch.as_tensor(t).cpu().numpy()).tobytes()).hexdigest()
 
 
 def trajectories(nets: dict, seeds: torch.Tensor, y: torch.Tensor, g: dict, grid: list, *, device="cpu",

@@ -33,25 +33,33 @@ def apgd_settings(profile: dict) -> dict | None:
             "batch_size": 500, **ev["apgd"]}
 
 
-def evaluate(model, ds, settings: dict, *, device="cpu", progress: bool = False) -> dict:
+def evaluate(model, ds, settings: dict, *, device="cpu", progress: bool = False, known: dict | None = None) -> dict:
     """PGD and APGD-CE+APGD-T accuracy (%) on the first settings['images'] images of `ds`, batch by batch.
 
     apgd_acc counts an image as robust only if APGD-CE and APGD-T both fail on it (AutoAttack's rule);
     pgd_acc is our PGD (lib.attacks.pgd) on the same images, for a like-for-like column.
+    known: the per-image clean/PGD 0/1 lists of the test evaluation (lib.train.evaluate: the first images of the
+    same split, the same attack), read for these images instead of attacking them a second time.
     """
     n = len(ds) if settings["images"] is None else min(len(ds), settings["images"])
+    reuse = known is not None and min(len(known["clean"]), len(known["pgd"])) >= n
     gen = torch.Generator(device=device).manual_seed(settings["seed"])
     correct = {"clean": [], "pgd": [], "apgd": []}
     t0 = time.time()
     for start in range(0, n, settings["batch_size"]):
         x, y = ds.batch(torch.arange(start, min(n, start + settings["batch_size"])), device)
-        xp = attacks.pgd(model, x, y, eps=settings["eps"], step_size=settings["step_size"],
-                         steps=settings["pgd_steps"], norm=settings["norm"], generator=gen)
-        xa = attacks.apgd(model, x, y, eps=settings["eps"], norm=settings["norm"], steps=settings["steps"],
-                          targets=settings["targets"], restarts=settings["restarts"], seed=settings["seed"] + start)
+        xs = {"apgd": attacks.apgd(model, x, y, eps=settings["eps"], norm=settings["norm"], steps=settings["steps"],
+                                   targets=settings["targets"], restarts=settings["restarts"],
+                                   seed=settings["seed"] + start)}
+        if reuse:
+            for name in ("clean", "pgd"):
+                correct[name] += known[name][start:start + len(y)]
+        else:
+            xs.update(clean=x, pgd=attacks.pgd(model, x, y, eps=settings["eps"], step_size=settings["step_size"],
+                                               steps=settings["pgd_steps"], norm=settings["norm"], generator=gen))
         with torch.no_grad(), models.eval_mode(model):
-            for name, xs in (("clean", x), ("pgd", xp), ("apgd", xa)):
-                correct[name] += (model(xs).argmax(1) == y).int().tolist()
+            for name, xa in xs.items():
+                correct[name] += (model(xa).argmax(1) == y).int().tolist()
         if progress:
             print(f"  {start + len(y)}/{n} images, {time.time() - t0:.0f} s")
     acc = {name: 100.0 * sum(v) / n for name, v in correct.items()}
@@ -87,8 +95,12 @@ def model_row(profile: dict, unit: str, model, run_dir, device="cpu", data_root=
                    epochs=cfg["epochs"], select=cfg["select"], train_min=meta["train_seconds"] / 60,
                    correct=m.get("correct"))
     if settings:
-        row.update(_cached(run_dir, unit, cfg, settings,
-                           lambda: evaluate(model, test, settings, device=device, progress=progress)))
+        same = not meta.get("external") and _threat(meta["config"]["eval"]) == {
+            "norm": settings["norm"], "eps": settings["eps"], "step_size": settings["step_size"],
+            "steps": settings["pgd_steps"]}  # the test evaluation's PGD is this column's: not run twice
+        known = (meta["metrics"].get("correct") or None) if same else None
+        row.update(_cached(run_dir, unit, cfg, {**settings, "pgd_from_test_eval": known is not None},
+                           lambda: evaluate(model, test, settings, device=device, progress=progress, known=known)))
     else:
         row.update(apgd_acc=None, apgd_images=None)
     paper = (profile.get("paper") or {}).get(key)

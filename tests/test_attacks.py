@@ -175,3 +175,23 @@ def test_apgd_models_attacks_only_the_named_recipes_and_a_typo_is_refused(digits
     prof["eval"]["apgd"]["models"] = ["robus"]
     with pytest.raises(ValueError, match="eval.apgd.models names robus, which profile"):
         robustness.accuracy_rows(prof, units, tmp_path, progress=False)
+
+
+def test_the_apgd_rows_pgd_column_is_the_test_evaluations_own(digits_models, tmp_path):
+    """robustness.evaluate reads the test evaluation's per-image clean/PGD results for the APGD images instead of
+    attacking them again: the columns equal those lists' means, and APGD is the same as when PGD runs again."""
+    from conftest import tiny_profile
+    from lib import data, robustness
+
+    prof = tiny_profile()
+    model, test = digits_models["robust"], data.load_for(prof, "test", "data")
+    settings = {**robustness.apgd_settings(prof), "images": 16, "steps": 3, "batch_size": 8}
+    settings.pop("models", None)
+    fresh = robustness.evaluate(model, test, settings)
+    known = {"clean": [1, 0] * 10, "pgd": [0, 1, 1, 0] * 5}  # 20 >= 16 images: any 0/1 lists are read, not recomputed
+    read = robustness.evaluate(model, test, settings, known=known)
+    assert read["clean_acc_apgd_images"] == 100 * sum(known["clean"][:16]) / 16
+    assert read["pgd_acc_apgd_images"] == 100 * sum(known["pgd"][:16]) / 16
+    assert read["apgd_correct"] == fresh["apgd_correct"] and read["apgd_acc"] == fresh["apgd_acc"]
+    short = robustness.evaluate(model, test, settings, known={"clean": [1] * 8, "pgd": [1] * 8})  # too few: attacks
+    assert short["pgd_acc_apgd_images"] == fresh["pgd_acc_apgd_images"]
