@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import platform
 import time
 
@@ -84,7 +85,7 @@ def main():
                 fns[task](k)  # warm-up
             for _ in range(a.repeats):
                 for k in best:
-                    best[k] = min(best[k], _time(lambda: fns[task](k), calls))
+                    best[k] = min(best[k], _time(functools.partial(fns[task], k), calls))
             print(f"| {name} | {task} | {batch} | {best['NCHW']:.1f} | {best['channels-last']:.1f} | "
                   f"{best['NCHW'] / best['channels-last']:.2f} | {agree:.1e} |", flush=True)
 
