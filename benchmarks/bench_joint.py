@@ -4,7 +4,8 @@
     python benchmarks/bench_joint.py                         # N = 1, 3, 6, 12; standard, pgd, gradnorm
     python benchmarks/bench_joint.py --n 6 --modes pgd --layouts nchw channels_last --threads 1 2
 
-Default profile shapes: small_cnn width 16, 28×28×1, batch 128, PGD-5 (L2), gradnorm's double backward.
+Default profile shapes (read from profiles/default.yaml): small_cnn, 28×28×1, batch 128, PGD (L2), gradnorm's double
+backward; the one-after-another models are placed as lib.train places them (channels-last on CPU).
 Random images and labels (the step costs the same on any data). Each cell: `--warmup` steps, then the median
 of `--repeats` timings of `--steps` steps; sequential and joint interleaved in each repeat, so a load change
 hits both. Writes benchmarks/results/joint-<host>.json; `uptime` load before and after is recorded.
@@ -37,7 +38,7 @@ def _members(cfg: dict, n: int, device) -> list[SimpleNamespace]:
     out = []
     for i in range(n):
         torch.manual_seed(i)
-        m = models.build("small_cnn", 10, 1, 28, **cfg["arch_kwargs"]).to(device)
+        m = models.place(models.build("small_cnn", 10, 1, 28, **cfg["arch_kwargs"]), device)  # as lib.train places it
         opt = torch.optim.SGD(m.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
         out.append(SimpleNamespace(model=m, opt=opt, cfg={**cfg, "seed": i}, out_dir=Path(f"m{i}"),
                                    scaler=torch.amp.GradScaler(device.type, enabled=False)))
