@@ -280,7 +280,7 @@ def fd_per_class(classes: list, name: list, values, label: str):
 
 def _hide_axes(ax, keep_y: bool) -> None:
     """An image cell without ticks: its x axis (and y axis unless it carries the row label) is not drawn at all,
-    which halves the time of saving a grid of many cells; spines and the title stay."""
+    0.3-0.45 s less per saved grid of the default's size (of ~1.8 s); spines and the title stay."""
     ax.xaxis.set_visible(False)
     ax.yaxis.set_visible(keep_y)
 

@@ -95,9 +95,8 @@ def model_row(profile: dict, unit: str, model, run_dir, device="cpu", data_root=
                    epochs=cfg["epochs"], select=cfg["select"], train_min=meta["train_seconds"] / 60,
                    correct=m.get("correct"))
     if settings:
-        same = not meta.get("external") and _threat(meta["config"]["eval"]) == {
-            "norm": settings["norm"], "eps": settings["eps"], "step_size": settings["step_size"],
-            "steps": settings["pgd_steps"]}  # the test evaluation's PGD is this column's: not run twice
+        same = not meta.get("external") and _threat(meta["config"]["eval"]) == _threat(
+            {**settings, "steps": settings["pgd_steps"]})  # the test evaluation's PGD is this column's: not run twice
         known = (meta["metrics"].get("correct") or None) if same else None
         row.update(_cached(run_dir, unit, cfg, {**settings, "pgd_from_test_eval": known is not None},
                            lambda: evaluate(model, test, settings, device=device, progress=progress, known=known)))
